@@ -105,13 +105,24 @@ func foldNames(names []string) []string {
 		}
 		g.tuples = append(g.tuples, nums)
 	}
-	var terms []string
+	// Terms go in the natural order of their first names.
+	type folded struct{ first, term string }
+	var rows []folded
 	for _, g := range groups {
 		for _, row := range foldTuples(g.tuples, len(g.lits)-1) {
-			terms = append(terms, renderRow(g.lits, row))
+			rows = append(rows, folded{firstName(g.lits, row), renderRow(g.lits, row)})
 		}
 	}
-	slices.SortFunc(terms, compareNatural)
+	slices.SortFunc(rows, func(a, b folded) int {
+		if c := compareNatural(a.first, b.first); c != 0 {
+			return c
+		}
+		return strings.Compare(a.term, b.term)
+	})
+	terms := make([]string, 0, len(rows)+1)
+	for _, r := range rows {
+		terms = append(terms, r.term)
+	}
 	if len(odd) > 0 {
 		terms = append(terms, regexTerm(odd))
 	}
@@ -286,6 +297,19 @@ func chooseWidth(members map[int]map[uint64]bool, cands []int, v uint64) int {
 		return 0
 	}
 	return cands[0]
+}
+
+// firstName returns the name a row starts with: its lowest number at each
+// position.
+func firstName(lits []string, row [][]numRange) string {
+	var b strings.Builder
+	for i, lit := range lits {
+		b.WriteString(lit)
+		if i < len(row) {
+			b.WriteString(formatNum(row[i][0].lo, row[i][0].width))
+		}
+	}
+	return b.String()
 }
 
 // renderRow writes one folded term. A term whose numbers are all single
