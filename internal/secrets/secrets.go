@@ -149,6 +149,10 @@ func (b *Box) additionalData() []byte {
 	return append([]byte(header), b.keyID[:]...)
 }
 
+// IsSealed is the package-level IsSealed, as a method so that a *Box can
+// stand in wherever both "is this sealed?" and Open are needed.
+func (b *Box) IsSealed(s string) bool { return IsSealed(s) }
+
 // IsSealed reports whether s looks like a sealed value ("enc:v<N>:..."),
 // whatever its version or key. It does not check that s can be opened.
 func IsSealed(s string) bool {

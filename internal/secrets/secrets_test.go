@@ -179,9 +179,13 @@ func TestIsSealed(t *testing.T) {
 		"":            false,
 		"ENC:v1:abc":  false,
 	}
+	b, _ := openTestBox(t)
 	for s, want := range cases {
 		if got := IsSealed(s); got != want {
 			t.Errorf("IsSealed(%q) = %v, want %v", s, got, want)
+		}
+		if got := b.IsSealed(s); got != want {
+			t.Errorf("Box.IsSealed(%q) = %v, want %v", s, got, want)
 		}
 	}
 }
