@@ -22,8 +22,9 @@
 //	a&b       intersection: the nodes in both a and b
 //
 // So "n[1-10],-n3,n3&n[3-4]" is ((n[1-10] minus n3) plus n3) and n[3-4],
-// that is n3 and n4. Whitespace around operators is ignored; there is none
-// inside a term. An expression cannot start with an exclusion.
+// that is n3 and n4. Whitespace around operators, and around the names and
+// commas of a parenthesised site list, is ignored; anywhere else inside a
+// term it is an error. An expression cannot start with an exclusion.
 //
 // The '-' of an exclusion must follow a ','. Directly after a name it is
 // part of the name: "n[1-3]-n2" is the three nodes n1-n2, n2-n2, n3-n2.

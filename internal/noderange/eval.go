@@ -86,7 +86,7 @@ func plural(n int, one, many string) string {
 type AmbiguousError struct {
 	Pos  int    // 1-based position of the word
 	Word string // the word
-	Expr string // the expression, canonical form
+	Expr string // the expression as given
 }
 
 func (e *AmbiguousError) Error() string {
@@ -232,7 +232,7 @@ func (ev *evaluator) resolveSiteLists(e *Expr) ([]term, error) {
 		for _, w := range out[j:] {
 			name, _ := w.bareWord()
 			if _, isNode := local[name]; isNode {
-				return nil, &AmbiguousError{Pos: w.pos, Word: name, Expr: e.String()}
+				return nil, &AmbiguousError{Pos: w.pos, Word: name, Expr: e.src}
 			}
 			merged.sites.items = append(merged.sites.items, siteItem{pat: w.nodes.pat})
 		}
