@@ -21,8 +21,14 @@ import (
 // bare name stands before a site-qualified term (where it could read as a
 // site). Names that cannot be written as words (the name "all", or names
 // with characters outside [A-Za-z0-9._-]) are written as an anchored
-// regular expression "/all/". Site names are assumed to be valid words.
-// The empty set folds to "", which is not an expression.
+// regular expression "/all/".
+//
+// The round trip holds except where the grammar cannot say it: site names
+// must be valid words other than "all" (there is no regular expression for
+// sites), node names must be valid UTF-8, and the result must stay within
+// MaxInputLen and MaxExpansion (a set of more than MaxExpansion nodes
+// folds, but does not parse back). The empty set folds to "", which is not
+// an expression.
 func (s *NodeSet) Fold() string { return strings.Join(s.foldTerms(), ",") }
 
 func (s *NodeSet) foldTerms() []string {
