@@ -272,6 +272,21 @@ func (s *Store) List(ctx context.Context, kind string, opts store.ListOptions) (
 		}
 		prefix := kindPrefix(kind)
 		c := tx.Bucket(bucketObjects).Cursor()
+		// Counting first is cheap (no decoding) and saves growing a slice
+		// of thousands of records, and lets all names share one string.
+		count, nameBytes := 0, 0
+		for k, _ := c.Seek(prefix); k != nil && bytes.HasPrefix(k, prefix); k, _ = c.Next() {
+			count++
+			nameBytes += len(k) - len(prefix)
+		}
+		if opts.Selector == nil {
+			recs = make([]store.Record, 0, count)
+		}
+		names := make([]byte, 0, nameBytes)
+		var ends []int
+		if opts.Selector == nil {
+			ends = make([]int, 0, count)
+		}
 		for k, v := c.Seek(prefix); k != nil && bytes.HasPrefix(k, prefix); k, v = c.Next() {
 			rec := store.Record{Kind: kind}
 			ok, err := d.decodeRecord(v, &rec, opts.Selector, scratch)
@@ -279,9 +294,15 @@ func (s *Store) List(ctx context.Context, kind string, opts store.ListOptions) (
 				return fmt.Errorf("bolt: list %s: record %q: %w", kind, k[len(prefix):], err)
 			}
 			if ok {
-				rec.Name = string(k[len(prefix):])
+				names = append(names, k[len(prefix):]...)
+				ends = append(ends, len(names))
 				recs = append(recs, rec)
 			}
+		}
+		all, start := string(names), 0
+		for i, end := range ends {
+			recs[i].Name = all[start:end]
+			start = end
 		}
 		return nil
 	})

@@ -336,7 +336,7 @@ func checkTxn(objects *bolt.Bucket, ops []preparedOp, rev int64) ([]store.Event,
 		}
 		setRevisions(op.value, rev, rec.CreateRevision)
 		rec.Labels = op.Labels
-		data, _, _ := labelsAndData(op.value, func(_, _ []byte) {})
+		data, _ := labelsAndData(op.value, nil, nil)
 		if len(data) > 0 {
 			rec.Data = data
 		}

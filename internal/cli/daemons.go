@@ -1,0 +1,208 @@
+package cli
+
+import (
+	"bufio"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+	"time"
+
+	"github.com/drover-project/drover/internal/agent"
+	"github.com/drover-project/drover/internal/server"
+	"github.com/spf13/cobra"
+	"golang.org/x/term"
+)
+
+func newServerCmd() *cobra.Command {
+	var cfg server.Config
+	var hb, reach string
+	cmd := &cobra.Command{
+		Use:   "server",
+		Short: "Run a site endpoint (API, store, engine)",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			var err error
+			if cfg.Engine.HeartbeatInterval, err = time.ParseDuration(hb); err != nil {
+				return fmt.Errorf("--heartbeat-interval: %w", err)
+			}
+			if cfg.Engine.ReachableTimeout, err = time.ParseDuration(reach); err != nil {
+				return fmt.Errorf("--reachable-timeout: %w", err)
+			}
+			if cfg.Engine.ReachableTimeout <= cfg.Engine.HeartbeatInterval {
+				return fmt.Errorf("--reachable-timeout (%s) must be longer than --heartbeat-interval (%s)", reach, hb)
+			}
+			cfg.AdminPassword = os.Getenv("DROVER_ADMIN_PASSWORD")
+			cfg.Logger = logger(cmd)
+			srv, err := server.New(cfg)
+			if err != nil {
+				return err
+			}
+			defer srv.Close()
+			if err := srv.Listen(); err != nil {
+				return err
+			}
+			out := cmd.OutOrStdout()
+			if srv.InitialAdminPassword != "" {
+				fmt.Fprintf(out, "Initial admin password (shown once; also in %s):\n\n    %s\n\n",
+					filepath.Join(cfg.DataDir, "initial-admin-password"), srv.InitialAdminPassword)
+			}
+			fmt.Fprintf(out, "drover server listening on https://%s (CA: %s)\n", srv.Addr(), srv.CAPath())
+			return srv.Serve(cmd.Context())
+		},
+	}
+	f := cmd.Flags()
+	f.StringVar(&cfg.DataDir, "data-dir", "/var/lib/drover", "where the store, TLS material and keys live")
+	f.StringVar(&cfg.Listen, "listen", ":8443", "API address (HTTPS)")
+	f.StringVar(&cfg.TLSCert, "tls-cert", "", "serve this certificate instead of the generated one")
+	f.StringVar(&cfg.TLSKey, "tls-key", "", "key of --tls-cert")
+	f.StringSliceVar(&cfg.TLSSANs, "tls-san", nil, "extra DNS names or IPs for the generated certificate")
+	f.IntVar(&cfg.Engine.MaxConcurrentJobs, "max-concurrent-jobs", 10, "jobs running at once across all machines")
+	f.StringVar(&hb, "heartbeat-interval", "10s", "how often agents heartbeat")
+	f.StringVar(&reach, "reachable-timeout", "30s", "mark a machine unreachable after this long without a heartbeat")
+	return cmd
+}
+
+func newAgentCmd() *cobra.Command {
+	var cfg agent.Config
+	var caFile string
+	cmd := &cobra.Command{
+		Use:   "agent",
+		Short: "Run the machine agent: register, heartbeat, run jobs",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			if cfg.Endpoint == "" {
+				cfg.Endpoint = os.Getenv("DROVER_ENDPOINT")
+			}
+			if caFile == "" {
+				caFile = os.Getenv("DROVER_CA_CERT")
+			}
+			if cfg.JoinToken == "" {
+				cfg.JoinToken = os.Getenv("DROVER_JOIN_TOKEN")
+			}
+			if caFile != "" {
+				b, err := os.ReadFile(caFile)
+				if err != nil {
+					return fmt.Errorf("--ca-cert: %w", err)
+				}
+				cfg.CAPEM = b
+			}
+			cfg.Logger = logger(cmd)
+			a, err := agent.New(cfg)
+			if err != nil {
+				return err
+			}
+			return a.Run(cmd.Context())
+		},
+	}
+	f := cmd.Flags()
+	f.StringVar(&cfg.Endpoint, "endpoint", "", "endpoint URL (or $DROVER_ENDPOINT)")
+	f.StringVar(&caFile, "ca-cert", "", "CA certificate of the endpoint (or $DROVER_CA_CERT)")
+	f.StringVar(&cfg.JoinToken, "join-token", "", "join token for the first registration (or $DROVER_JOIN_TOKEN)")
+	f.StringVar(&cfg.StateDir, "state-dir", "/var/lib/drover-agent", "where the agent keeps its identity and credential")
+	f.StringVar(&cfg.Name, "name", "", "machine name (default: the host name)")
+	return cmd
+}
+
+func newLoginCmd() *cobra.Command {
+	var username, ttl string
+	var passwordStdin bool
+	cmd := &cobra.Command{
+		Use:   "login",
+		Short: "Log in and save the endpoint and token for later commands",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			endpoint, _ := cmd.Flags().GetString("endpoint")
+			ca, _ := cmd.Flags().GetString("ca-cert")
+			if endpoint == "" {
+				endpoint = os.Getenv("DROVER_ENDPOINT")
+			}
+			if ca == "" {
+				ca = os.Getenv("DROVER_CA_CERT")
+			}
+			if endpoint == "" {
+				return fmt.Errorf("--endpoint is required (or DROVER_ENDPOINT)")
+			}
+			if username == "" {
+				username = os.Getenv("DROVER_USERNAME")
+			}
+			if username == "" {
+				username = "admin"
+			}
+			password := os.Getenv("DROVER_PASSWORD")
+			switch {
+			case passwordStdin:
+				line, err := bufio.NewReader(cmd.InOrStdin()).ReadString('\n')
+				if err != nil && line == "" {
+					return fmt.Errorf("reading password from stdin: %w", err)
+				}
+				password = strings.TrimRight(line, "\r\n")
+			case password == "":
+				if f, ok := cmd.InOrStdin().(*os.File); ok && term.IsTerminal(int(f.Fd())) {
+					fmt.Fprintf(cmd.ErrOrStderr(), "Password for %s: ", username)
+					b, err := term.ReadPassword(int(f.Fd()))
+					fmt.Fprintln(cmd.ErrOrStderr())
+					if err != nil {
+						return err
+					}
+					password = string(b)
+				} else {
+					return fmt.Errorf("no password: use --password-stdin or DROVER_PASSWORD")
+				}
+			}
+			if ca != "" {
+				if abs, err := filepath.Abs(ca); err == nil {
+					ca = abs
+				}
+			}
+			c, err := newPlainClient(endpoint, ca)
+			if err != nil {
+				return err
+			}
+			resp, err := c.Login(cmd.Context(), username, password, ttl)
+			if err != nil {
+				return err
+			}
+			if err := saveConfig(clientConfig{Endpoint: endpoint, CACert: ca, Token: resp.Token, User: resp.User}); err != nil {
+				return err
+			}
+			fmt.Fprintf(cmd.OutOrStdout(), "Logged in to %s as %s (%s) until %s; saved in %s\n",
+				endpoint, resp.User, resp.Role, resp.ExpiresAt.Local().Format(time.RFC1123), configPath())
+			return nil
+		},
+	}
+	addClientFlags(cmd)
+	cmd.Flags().StringVarP(&username, "username", "u", "", "user name (default admin, or $DROVER_USERNAME)")
+	cmd.Flags().BoolVar(&passwordStdin, "password-stdin", false, "read the password from stdin")
+	cmd.Flags().StringVar(&ttl, "ttl", "24h", "how long the session lasts")
+	return cmd
+}
+
+func newJoinTokenCmd() *cobra.Command {
+	cmd := &cobra.Command{Use: "join-token", Short: "Manage the tokens agents register with"}
+	var ttl string
+	var lbls map[string]string
+	create := &cobra.Command{
+		Use:   "create",
+		Short: "Create a join token and print it",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			c, err := client(cmd)
+			if err != nil {
+				return err
+			}
+			resp, err := c.CreateJoinToken(cmd.Context(), ttl, lbls)
+			if err != nil {
+				return err
+			}
+			fmt.Fprintln(cmd.OutOrStdout(), resp.Token)
+			fmt.Fprintf(cmd.ErrOrStderr(), "join token %s valid until %s\n", resp.Name, resp.ExpiresAt.Local().Format(time.RFC1123))
+			return nil
+		},
+	}
+	addClientFlags(create)
+	create.Flags().StringVar(&ttl, "ttl", "1h", "how long agents may register with it")
+	create.Flags().StringToStringVar(&lbls, "label", nil, "labels given to machines that register with it (k=v)")
+	cmd.AddCommand(create)
+	return cmd
+}

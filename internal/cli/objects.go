@@ -1,0 +1,400 @@
+package cli
+
+import (
+	"encoding/json"
+	"fmt"
+	"io"
+	"os"
+	"strings"
+	"text/tabwriter"
+	"time"
+
+	"github.com/drover-project/drover/api"
+	"github.com/drover-project/drover/internal/model"
+	"github.com/spf13/cobra"
+	sigsyaml "sigs.k8s.io/yaml"
+)
+
+func newPlainClient(endpoint, ca string) (*api.Client, error) {
+	return api.NewClientFromFile(endpoint, ca, "")
+}
+
+func newApplyCmd() *cobra.Command {
+	var files []string
+	cmd := &cobra.Command{
+		Use:   "apply -f FILE|-",
+		Short: "Create or update objects from YAML or JSON (all or nothing)",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			if len(files) == 0 {
+				return fmt.Errorf("give -f FILE (or -f - for stdin)")
+			}
+			var docs []json.RawMessage
+			for _, f := range files {
+				var r io.Reader
+				if f == "-" {
+					r = cmd.InOrStdin()
+				} else {
+					fh, err := os.Open(f)
+					if err != nil {
+						return err
+					}
+					defer fh.Close()
+					r = fh
+				}
+				parsed, err := model.SplitYAML(r)
+				if err != nil {
+					return fmt.Errorf("%s: %w", f, err)
+				}
+				// Check each document locally first, for errors with line
+				// numbers; the server checks again.
+				for _, d := range parsed {
+					if _, err := model.ParseDocument(d); err != nil {
+						return fmt.Errorf("%s: %w (nothing was applied)", f, err)
+					}
+					docs = append(docs, d.JSON)
+				}
+			}
+			if len(docs) == 0 {
+				return fmt.Errorf("no documents in %s", strings.Join(files, ", "))
+			}
+			c, err := client(cmd)
+			if err != nil {
+				return err
+			}
+			resp, err := c.Apply(cmd.Context(), docs)
+			if err != nil {
+				return fmt.Errorf("%s (nothing was applied)", explain(err))
+			}
+			for _, r := range resp.Results {
+				fmt.Fprintf(cmd.OutOrStdout(), "%s/%s %s\n", strings.ToLower(r.Kind), r.Name, r.Action)
+			}
+			return nil
+		},
+	}
+	addClientFlags(cmd)
+	cmd.Flags().StringSliceVarP(&files, "filename", "f", nil, "file to apply (- for stdin); repeatable")
+	return cmd
+}
+
+func newGetCmd() *cobra.Command {
+	var selector, output string
+	var effective bool
+	cmd := &cobra.Command{
+		Use:   "get KIND [NAME]",
+		Short: "Show objects",
+		Long:  "Show objects. Kinds: machines, profiles, params, templates, tasks, workflows, runs, jobs, users, jointokens, tokens, audit.",
+		Args:  cobra.RangeArgs(1, 2),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			k, err := model.Lookup(args[0])
+			if err != nil {
+				return err
+			}
+			if output != "table" && output != "json" && output != "yaml" && output != "wide" {
+				return fmt.Errorf("-o %q: use table, wide, json or yaml", output)
+			}
+			c, err := client(cmd)
+			if err != nil {
+				return err
+			}
+			out := cmd.OutOrStdout()
+			if len(args) == 2 {
+				if effective {
+					if k.Kind != api.KindMachine {
+						return fmt.Errorf("--effective is for machines")
+					}
+					var eff struct {
+						Machine string `json:"machine"`
+						Params  map[string]struct {
+							Value  json.RawMessage `json:"value"`
+							Source string          `json:"source"`
+						} `json:"params"`
+					}
+					if err := c.Do(cmd.Context(), "GET", "/api/v1/objects/machines/"+args[1]+"?effective=1", nil, &eff); err != nil {
+						return err
+					}
+					if output == "json" || output == "yaml" {
+						return printDoc(out, output, eff)
+					}
+					tw := tabwriter.NewWriter(out, 0, 4, 2, ' ', 0)
+					fmt.Fprintln(tw, "PARAM\tVALUE\tFROM")
+					for _, n := range model.SortedKeys(eff.Params) {
+						v := eff.Params[n]
+						fmt.Fprintf(tw, "%s\t%s\t%s\n", n, string(v.Value), v.Source)
+					}
+					return tw.Flush()
+				}
+				var raw json.RawMessage
+				if err := c.Get(cmd.Context(), k.Plural, args[1], &raw); err != nil {
+					return err
+				}
+				if output == "table" || output == "wide" {
+					return printTable(out, k.Kind, []json.RawMessage{raw}, output == "wide")
+				}
+				return printDoc(out, output, raw)
+			}
+			list, err := c.List(cmd.Context(), k.Plural, selector)
+			if err != nil {
+				return err
+			}
+			switch output {
+			case "json":
+				return printDoc(out, "json", list)
+			case "yaml":
+				for i, it := range list.Items {
+					if i > 0 {
+						fmt.Fprintln(out, "---")
+					}
+					if err := printDoc(out, "yaml", it); err != nil {
+						return err
+					}
+				}
+				return nil
+			}
+			if len(list.Items) == 0 {
+				fmt.Fprintf(cmd.ErrOrStderr(), "no %s\n", k.Plural)
+				return nil
+			}
+			return printTable(out, k.Kind, list.Items, output == "wide")
+		},
+	}
+	addClientFlags(cmd)
+	cmd.Flags().StringVarP(&selector, "selector", "l", "", "label selector (role=compute,env!=prod)")
+	cmd.Flags().StringVarP(&output, "output", "o", "table", "table, wide, json or yaml")
+	cmd.Flags().BoolVar(&effective, "effective", false, "for a machine: every param it sees and where it comes from")
+	return cmd
+}
+
+func printDoc(w io.Writer, format string, v any) error {
+	b, err := json.MarshalIndent(v, "", "  ")
+	if err != nil {
+		return err
+	}
+	if format == "yaml" {
+		y, err := sigsyaml.JSONToYAML(b)
+		if err != nil {
+			return err
+		}
+		_, err = w.Write(y)
+		return err
+	}
+	_, err = fmt.Fprintln(w, string(b))
+	return err
+}
+
+func age(t *time.Time) string {
+	if t == nil || t.IsZero() {
+		return "-"
+	}
+	return human(time.Since(*t)) + " ago"
+}
+
+func human(d time.Duration) string {
+	switch {
+	case d < 0:
+		return "0s"
+	case d < time.Minute:
+		return fmt.Sprintf("%ds", int(d.Seconds()))
+	case d < time.Hour:
+		return fmt.Sprintf("%dm%02ds", int(d.Minutes()), int(d.Seconds())%60)
+	case d < 48*time.Hour:
+		return fmt.Sprintf("%dh%02dm", int(d.Hours()), int(d.Minutes())%60)
+	}
+	return fmt.Sprintf("%dd", int(d.Hours()/24))
+}
+
+func bytesHuman(n uint64) string {
+	const unit = 1024
+	if n < unit {
+		return fmt.Sprintf("%dB", n)
+	}
+	div, exp := uint64(unit), 0
+	for m := n / unit; m >= unit; m /= unit {
+		div *= unit
+		exp++
+	}
+	return fmt.Sprintf("%.1f%ciB", float64(n)/float64(div), "KMGTPE"[exp])
+}
+
+func labelString(l map[string]string) string {
+	if len(l) == 0 {
+		return "-"
+	}
+	parts := make([]string, 0, len(l))
+	for _, k := range model.SortedKeys(l) {
+		parts = append(parts, k+"="+l[k])
+	}
+	return strings.Join(parts, ",")
+}
+
+func dash(s string) string {
+	if s == "" {
+		return "-"
+	}
+	return s
+}
+
+// printTable prints objects as an aligned table with columns per kind.
+func printTable(w io.Writer, kind string, items []json.RawMessage, wide bool) error {
+	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
+	defer tw.Flush()
+	k, err := model.Lookup(kind)
+	if err != nil {
+		return err
+	}
+	decode := func(raw json.RawMessage) (api.Object, error) {
+		obj := k.New()
+		return obj, json.Unmarshal(raw, obj)
+	}
+	switch kind {
+	case api.KindMachine:
+		fmt.Fprint(tw, "NAME\tSTATE\tREACHABLE\tLAST SEEN\tRUN\tCPUS\tMEMORY\tPROFILES\tLABELS")
+		if wide {
+			fmt.Fprint(tw, "\tMAC\tLAST RUN\tMESSAGE")
+		}
+		fmt.Fprintln(tw)
+	case api.KindJob:
+		fmt.Fprintln(tw, "NAME\tMACHINE\tTASK\tSTATE\tEXIT\tSTARTED\tDURATION")
+	case api.KindRun:
+		fmt.Fprintln(tw, "NAME\tMACHINE\tACTION\tWORKFLOW\tSTEP\tSTATE\tSTARTED\tMESSAGE")
+	case api.KindTask:
+		fmt.Fprintln(tw, "NAME\tTIMEOUT\tRETRIES\tLABELS")
+	case api.KindWorkflow:
+		fmt.Fprintln(tw, "NAME\tTASKS\tLABELS")
+	case api.KindProfile:
+		fmt.Fprintln(tw, "NAME\tPARAMS\tLABELS")
+	case api.KindParam:
+		fmt.Fprintln(tw, "NAME\tTYPE\tSECURE\tDEFAULT")
+	case api.KindUser:
+		fmt.Fprintln(tw, "NAME\tROLE\tDISABLED")
+	case api.KindToken:
+		fmt.Fprintln(tw, "ID\tUSER\tMACHINE\tROLE\tEXPIRES")
+	case api.KindJoinToken:
+		fmt.Fprintln(tw, "ID\tEXPIRES\tUSES\tCREATED BY")
+	case api.KindAudit:
+		fmt.Fprintln(tw, "TIME\tUSER\tACTION\tTARGET\tDETAIL")
+	default:
+		fmt.Fprintln(tw, "NAME\tLABELS\tREVISION")
+	}
+	for _, raw := range items {
+		obj, err := decode(raw)
+		if err != nil {
+			return err
+		}
+		switch o := obj.(type) {
+		case *api.Machine:
+			cpus, mem, mac := "-", "-", "-"
+			if inv := o.Status.Inventory; inv != nil {
+				cpus = fmt.Sprint(inv.CPUs)
+				mem = bytesHuman(inv.MemoryBytes)
+				mac = dash(inv.PrimaryMAC())
+			}
+			reach := "no"
+			if o.Status.Reachable {
+				reach = "yes"
+			}
+			profiles := dash(strings.Join(o.Profiles, ","))
+			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s", o.Name, dash(o.Status.State), reach, age(o.Status.LastSeen), dash(o.Status.Run), cpus, mem, profiles, labelString(o.Labels))
+			if wide {
+				fmt.Fprintf(tw, "\t%s\t%s\t%s", mac, dash(strings.TrimSpace(o.Status.LastRun+" "+o.Status.LastRunResult)), dash(o.Status.Message))
+			}
+			fmt.Fprintln(tw)
+		case *api.Job:
+			exit := "-"
+			if o.ExitCode != nil {
+				exit = fmt.Sprint(*o.ExitCode)
+			}
+			dur := "-"
+			if o.StartedAt != nil {
+				end := time.Now()
+				if o.FinishedAt != nil {
+					end = *o.FinishedAt
+				}
+				dur = end.Sub(*o.StartedAt).Round(time.Millisecond).String()
+			}
+			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\n", o.Name, o.Machine, o.Task, o.State, exit, age(o.StartedAt), dur)
+		case *api.Run:
+			step := fmt.Sprintf("%d/%d", min(o.Step+1, len(o.Tasks)), len(o.Tasks))
+			if o.State == api.RunSucceeded {
+				step = fmt.Sprintf("%d/%d", len(o.Tasks), len(o.Tasks))
+			}
+			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", o.Name, o.Machine, o.Action, o.Workflow, step, o.State, age(&o.StartedAt), dash(o.Message))
+		case *api.Task:
+			fmt.Fprintf(tw, "%s\t%s\t%d\t%s\n", o.Name, dash(o.Timeout), o.Retries, labelString(o.Labels))
+		case *api.Workflow:
+			fmt.Fprintf(tw, "%s\t%s\t%s\n", o.Name, strings.Join(o.Tasks, ","), labelString(o.Labels))
+		case *api.Profile:
+			keys := model.SortedKeys(o.Params)
+			fmt.Fprintf(tw, "%s\t%s\t%s\n", o.Name, dash(strings.Join(keys, ",")), labelString(o.Labels))
+		case *api.Param:
+			def := "-"
+			if len(o.Default) > 0 {
+				def = string(o.Default)
+			}
+			fmt.Fprintf(tw, "%s\t%s\t%v\t%s\n", o.Name, dash(o.Type), o.Secure, def)
+		case *api.User:
+			fmt.Fprintf(tw, "%s\t%s\t%v\n", o.Name, o.Role, o.Disabled)
+		case *api.Token:
+			exp := "never"
+			if o.ExpiresAt != nil {
+				exp = o.ExpiresAt.Local().Format(time.RFC3339)
+			}
+			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\n", o.Name, dash(o.User), dash(o.Machine), o.Role, exp)
+		case *api.JoinToken:
+			fmt.Fprintf(tw, "%s\t%s\t%d\t%s\n", o.Name, o.ExpiresAt.Local().Format(time.RFC3339), o.Uses, o.CreatedBy)
+		case *api.Audit:
+			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\n", o.Time.Local().Format(time.RFC3339), o.User, o.Action, o.Target, dash(o.Detail))
+		default:
+			m := obj.GetMeta()
+			fmt.Fprintf(tw, "%s\t%s\t%d\n", m.Name, labelString(m.Labels), m.Revision)
+		}
+	}
+	return nil
+}
+
+func newDeleteCmd() *cobra.Command {
+	cmd := &cobra.Command{
+		Use:   "delete KIND NAME...",
+		Short: "Delete objects",
+		Args:  cobra.MinimumNArgs(2),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			k, err := model.Lookup(args[0])
+			if err != nil {
+				return err
+			}
+			c, err := client(cmd)
+			if err != nil {
+				return err
+			}
+			for _, name := range args[1:] {
+				if err := c.Delete(cmd.Context(), k.Plural, name); err != nil {
+					return err
+				}
+				fmt.Fprintf(cmd.OutOrStdout(), "%s/%s deleted\n", strings.ToLower(k.Kind), name)
+			}
+			return nil
+		},
+	}
+	addClientFlags(cmd)
+	return cmd
+}
+
+func newLogsCmd() *cobra.Command {
+	var follow bool
+	cmd := &cobra.Command{
+		Use:   "logs JOB",
+		Short: "Print a job's output (-f to follow it live)",
+		Args:  cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			c, err := client(cmd)
+			if err != nil {
+				return err
+			}
+			_, err = c.JobLog(cmd.Context(), args[0], 0, follow, cmd.OutOrStdout())
+			return err
+		},
+	}
+	addClientFlags(cmd)
+	cmd.Flags().BoolVarP(&follow, "follow", "f", false, "keep printing until the job ends")
+	return cmd
+}

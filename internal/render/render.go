@@ -1,0 +1,222 @@
+// Package render resolves a machine's params and renders task scripts and
+// templates for it.
+package render
+
+import (
+	"bytes"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"sort"
+	"strings"
+	"text/template"
+
+	"github.com/drover-project/drover/api"
+	"github.com/drover-project/drover/internal/model"
+)
+
+// Opener decrypts sealed (secure) param values.
+type Opener interface {
+	IsSealed(s string) bool
+	Open(s string) ([]byte, error)
+}
+
+// Input is everything rendering for one machine needs.
+type Input struct {
+	Machine   *api.Machine
+	Profiles  map[string]*api.Profile
+	Params    map[string]*api.Param
+	Templates map[string]*api.Template
+	Secrets   Opener
+}
+
+// Value is one effective param value and where it came from.
+type Value struct {
+	Value  json.RawMessage `json:"value"`
+	Source string          `json:"source"`
+	Secure bool            `json:"secure,omitempty"`
+}
+
+// ProfileOrder is the order profiles are searched for a machine: its own
+// profiles, then global.
+func ProfileOrder(m *api.Machine) []string {
+	order := make([]string, 0, len(m.Profiles)+1)
+	seen := map[string]bool{}
+	for _, p := range m.Profiles {
+		if !seen[p] {
+			seen[p] = true
+			order = append(order, p)
+		}
+	}
+	if !seen[api.GlobalProfile] {
+		order = append(order, api.GlobalProfile)
+	}
+	return order
+}
+
+// Lookup finds a param for the machine: machine params, then its profiles
+// in order, then global, then the param's declared default.
+func (in *Input) Lookup(name string) (Value, bool) {
+	secure := false
+	if p := in.Params[name]; p != nil {
+		secure = p.Secure
+	}
+	if v, ok := in.Machine.Params[name]; ok {
+		return Value{Value: v, Source: "machine " + in.Machine.Name, Secure: secure}, true
+	}
+	for _, pn := range ProfileOrder(in.Machine) {
+		p := in.Profiles[pn]
+		if p == nil {
+			continue
+		}
+		if v, ok := p.Params[name]; ok {
+			return Value{Value: v, Source: "profile " + pn, Secure: secure}, true
+		}
+	}
+	if p := in.Params[name]; p != nil && len(p.Default) > 0 {
+		return Value{Value: p.Default, Source: "param " + name + " default", Secure: secure}, true
+	}
+	return Value{}, false
+}
+
+// Effective lists every param the machine can see with its winning source.
+func (in *Input) Effective() map[string]Value {
+	names := map[string]bool{}
+	for n := range in.Machine.Params {
+		names[n] = true
+	}
+	for _, pn := range ProfileOrder(in.Machine) {
+		if p := in.Profiles[pn]; p != nil {
+			for n := range p.Params {
+				names[n] = true
+			}
+		}
+	}
+	for n, p := range in.Params {
+		if len(p.Default) > 0 {
+			names[n] = true
+		}
+	}
+	out := make(map[string]Value, len(names))
+	for n := range names {
+		if v, ok := in.Lookup(n); ok {
+			out[n] = v
+		}
+	}
+	return out
+}
+
+// MissingParamError names a param no source sets.
+type MissingParamError struct {
+	Machine  string
+	Param    string
+	Searched []string
+}
+
+func (e *MissingParamError) Error() string {
+	return fmt.Sprintf("param %q is not set for machine %q (looked in the machine, %s, and the param's default)",
+		e.Param, e.Machine, describeProfiles(e.Searched))
+}
+
+func describeProfiles(ps []string) string {
+	if len(ps) == 1 {
+		return "profile " + ps[0]
+	}
+	return "profiles " + strings.Join(ps, ", ")
+}
+
+// Param returns a param's value decoded from JSON (strings as strings,
+// numbers as json.Number), decrypting secure values.
+func (in *Input) Param(name string) (any, error) {
+	v, ok := in.Lookup(name)
+	if !ok {
+		return nil, &MissingParamError{Machine: in.Machine.Name, Param: name, Searched: ProfileOrder(in.Machine)}
+	}
+	return in.decode(name, v.Value)
+}
+
+func (in *Input) decode(name string, raw json.RawMessage) (any, error) {
+	var val any
+	dec := json.NewDecoder(bytes.NewReader(raw))
+	dec.UseNumber()
+	if err := dec.Decode(&val); err != nil {
+		return nil, fmt.Errorf("param %q: bad stored value: %v", name, err)
+	}
+	if s, ok := val.(string); ok && in.Secrets != nil && in.Secrets.IsSealed(s) {
+		plain, err := in.Secrets.Open(s)
+		if err != nil {
+			return nil, fmt.Errorf("param %q: cannot decrypt: %v", name, err)
+		}
+		dec := json.NewDecoder(bytes.NewReader(plain))
+		dec.UseNumber()
+		if err := dec.Decode(&val); err != nil {
+			return nil, fmt.Errorf("param %q: bad decrypted value: %v", name, err)
+		}
+	}
+	return val, nil
+}
+
+// data is what templates see: .Machine, .Param "name" and friends.
+type data struct {
+	in      *Input
+	Machine *api.Machine
+}
+
+func (d *data) Param(name string) (any, error) { return d.in.Param(name) }
+
+// Render renders a template body for the machine. Named Template objects
+// can be included with {{ template "name" . }}.
+func Render(in *Input, name, body string) (string, error) {
+	funcs := template.FuncMap{
+		"param": in.Param,
+		"paramOr": func(name string, def any) (any, error) {
+			if _, ok := in.Lookup(name); !ok {
+				return def, nil
+			}
+			return in.Param(name)
+		},
+		"hasParam": func(name string) bool { _, ok := in.Lookup(name); return ok },
+		"toJSON": func(v any) (string, error) {
+			b, err := json.Marshal(v)
+			return string(b), err
+		},
+		"shellQuote": shellQuote,
+		"join":       strings.Join,
+	}
+	root := template.New(name).Option("missingkey=error").Funcs(funcs)
+	names := make([]string, 0, len(in.Templates))
+	for n := range in.Templates {
+		names = append(names, n)
+	}
+	sort.Strings(names)
+	for _, n := range names {
+		if n == name {
+			continue
+		}
+		if _, err := root.New(n).Parse(in.Templates[n].Content); err != nil {
+			return "", fmt.Errorf("template %q: %v", n, err)
+		}
+	}
+	t, err := root.New(name).Parse(body)
+	if err != nil {
+		return "", fmt.Errorf("template %q: %v", name, err)
+	}
+	var out bytes.Buffer
+	if err := t.Execute(&out, &data{in: in, Machine: in.Machine}); err != nil {
+		var mp *MissingParamError
+		if errors.As(err, &mp) {
+			return "", mp
+		}
+		return "", fmt.Errorf("render %q for machine %q: %v", name, in.Machine.Name, err)
+	}
+	return out.String(), nil
+}
+
+// shellQuote quotes a value for POSIX sh.
+func shellQuote(v any) string {
+	s := fmt.Sprint(v)
+	return "'" + strings.ReplaceAll(s, "'", `'\''`) + "'"
+}
+
+// Check that the renderer's functions are the ones model parses with.
+var _ = model.TemplateFuncs

@@ -1,0 +1,222 @@
+package server
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net/http"
+	"strconv"
+	"time"
+
+	"github.com/drover-project/drover/api"
+	"github.com/drover-project/drover/internal/auth"
+	"github.com/drover-project/drover/internal/engine"
+	"github.com/drover-project/drover/internal/model"
+	"github.com/drover-project/drover/internal/noderange"
+	"github.com/drover-project/drover/internal/store"
+)
+
+// resolveNodes evaluates a node range against this site's machines.
+func (s *Server) resolveNodes(ctx context.Context, expr string) ([]string, error) {
+	recs, _, err := s.st.List(ctx, api.KindMachine, store.ListOptions{})
+	if err != nil {
+		return nil, err
+	}
+	nodes := make([]noderange.NodeInfo, 0, len(recs))
+	for _, r := range recs {
+		nodes = append(nodes, noderange.NodeInfo{Name: r.Name, Labels: r.Labels})
+	}
+	set, err := noderange.Resolve(expr, noderange.MapUniverse{"": nodes})
+	if err != nil {
+		return nil, badRequest("%v", err)
+	}
+	names := set.Names("")
+	if len(names) == 0 {
+		return nil, badRequest("node range %q selects no machine", expr)
+	}
+	return names, nil
+}
+
+func (s *Server) handleAction(w http.ResponseWriter, r *http.Request, p *principal) {
+	action := r.PathValue("action")
+	known := false
+	for _, a := range engine.Actions {
+		known = known || a == action
+	}
+	if !known {
+		writeError(w, apiError(http.StatusNotFound, "unknown_action", "unknown action %q (use commission, deploy, upgrade, decommission or verify)", action))
+		return
+	}
+	if !auth.CanAct(p.Role) {
+		writeError(w, forbidden(p, action+" machines"))
+		return
+	}
+	var req api.ActionRequest
+	if err := decodeBody(r, &req); err != nil {
+		writeError(w, err)
+		return
+	}
+	if req.Nodes == "" {
+		writeError(w, badRequest("nodes is required (a node range such as n[1-5] or @role=compute)"))
+		return
+	}
+	if req.Workflow != "" {
+		if err := model.ValidateName(req.Workflow); err != nil {
+			writeError(w, badRequest("workflow: %v", err))
+			return
+		}
+	}
+	names, err := s.resolveNodes(r.Context(), req.Nodes)
+	if err != nil {
+		writeError(w, err)
+		return
+	}
+	resp := api.ActionResponse{Action: action}
+	failed := 0
+	for _, name := range names {
+		run, err := s.eng.StartAction(r.Context(), name, action, req.Workflow, p.String())
+		res := api.ActionResult{Machine: name}
+		if err != nil {
+			res.Error = err.Error()
+			failed++
+		} else {
+			res.Run = run.Name
+		}
+		resp.Results = append(resp.Results, res)
+	}
+	if failed < len(names) {
+		now := time.Now().UTC()
+		a := s.auditOp(p, action, "machines/"+req.Nodes, fmt.Sprintf("%d started, %d refused", len(names)-failed, failed), now, 0)
+		_, _, _ = s.st.Txn(r.Context(), []store.Op{a})
+	}
+	status := http.StatusOK
+	if failed == len(names) {
+		// Nothing started: say why with a client error, the body has the
+		// per-machine reasons.
+		status = http.StatusConflict
+	}
+	writeJSON(w, status, resp)
+}
+
+// handleJobLog streams a job's log; with follow=1 it keeps streaming until
+// the job ends.
+func (s *Server) handleJobLog(w http.ResponseWriter, r *http.Request, p *principal) {
+	if !canRead(p, api.KindJob) {
+		writeError(w, forbidden(p, "read job logs"))
+		return
+	}
+	name := r.PathValue("name")
+	var job api.Job
+	if err := getObj(r.Context(), s.st, api.KindJob, name, &job); err != nil {
+		if errors.Is(err, store.ErrNotFound) {
+			writeError(w, apiError(http.StatusNotFound, "not_found", "job %q not found", name))
+			return
+		}
+		writeError(w, err)
+		return
+	}
+	var offset int64
+	if v := r.URL.Query().Get("offset"); v != "" {
+		o, err := strconv.ParseInt(v, 10, 64)
+		if err != nil || o < 0 {
+			writeError(w, badRequest("offset %q is not a non-negative number", v))
+			return
+		}
+		offset = o
+	}
+	follow := r.URL.Query().Get("follow") != ""
+	w.Header().Set("Content-Type", "text/plain; charset=utf-8")
+	w.Header().Set("X-Job-State", job.State)
+	w.WriteHeader(http.StatusOK)
+	flusher, _ := w.(http.Flusher)
+	for {
+		// Take the wait channel before reading, so an append between the
+		// read and the wait is not missed.
+		wait := s.eng.WaitLog(name)
+		data, err := s.st.ReadLog(r.Context(), name, offset)
+		if err != nil && !errors.Is(err, store.ErrNotFound) {
+			return
+		}
+		if len(data) > 0 {
+			if _, err := w.Write(data); err != nil {
+				return
+			}
+			offset += int64(len(data))
+			if flusher != nil {
+				flusher.Flush()
+			}
+		}
+		if !follow {
+			return
+		}
+		if err := getObj(r.Context(), s.st, api.KindJob, name, &job); err != nil || job.Finished() {
+			// One more read: output appended just before the end.
+			if rest, _ := s.st.ReadLog(r.Context(), name, offset); len(rest) > 0 {
+				_, _ = w.Write(rest)
+			}
+			return
+		}
+		select {
+		case <-wait:
+		case <-r.Context().Done():
+			return
+		case <-time.After(30 * time.Second):
+		}
+	}
+}
+
+func (s *Server) handleCreateJoinToken(w http.ResponseWriter, r *http.Request, p *principal) {
+	if !auth.CanAct(p.Role) {
+		writeError(w, forbidden(p, "create join tokens"))
+		return
+	}
+	var req api.JoinTokenRequest
+	if err := decodeBody(r, &req); err != nil {
+		writeError(w, err)
+		return
+	}
+	ttl := time.Hour
+	if req.TTL != "" {
+		d, err := time.ParseDuration(req.TTL)
+		if err != nil || d <= 0 || d > 365*24*time.Hour {
+			writeError(w, badRequest("ttl %q: give a duration such as 1h or 720h (at most a year)", req.TTL))
+			return
+		}
+		ttl = d
+	}
+	if err := model.ValidateLabels(req.MachineLabels); err != nil {
+		writeError(w, badRequest("machineLabels: %v", err))
+		return
+	}
+	tok, id, hash, err := auth.NewToken(auth.PrefixJoin)
+	if err != nil {
+		writeError(w, err)
+		return
+	}
+	now := time.Now().UTC()
+	jt := &api.JoinToken{
+		Meta:          api.Meta{Kind: api.KindJoinToken, Name: id},
+		ExpiresAt:     now.Add(ttl),
+		SecretHash:    hash,
+		CreatedBy:     p.String(),
+		MachineLabels: req.MachineLabels,
+	}
+	lbls, data, err := model.Encode(jt)
+	if err != nil {
+		writeError(w, err)
+		return
+	}
+	ops := []store.Op{
+		{Type: store.OpCreate, Kind: api.KindJoinToken, Name: id, Labels: lbls, Data: data},
+		s.auditOp(p, "created", "JoinToken/"+id, "ttl "+ttl.String(), now, 1),
+	}
+	if _, _, err := s.st.Txn(r.Context(), ops); err != nil {
+		writeError(w, err)
+		return
+	}
+	writeJSON(w, http.StatusCreated, api.JoinTokenResponse{Name: id, Token: tok, ExpiresAt: jt.ExpiresAt})
+}
+
+func (s *Server) handleWhoami(w http.ResponseWriter, r *http.Request, p *principal) {
+	writeJSON(w, http.StatusOK, map[string]string{"user": p.User, "machine": p.Machine, "role": p.Role})
+}

@@ -1,0 +1,123 @@
+package server
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net/http"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/drover-project/drover/internal/model"
+	"github.com/drover-project/drover/internal/store"
+)
+
+// WireEvent is one event on GET /api/v1/events.
+type WireEvent struct {
+	Type     string          `json:"type"`
+	Revision int64           `json:"revision"`
+	Kind     string          `json:"kind"`
+	Name     string          `json:"name"`
+	Object   json.RawMessage `json:"object,omitempty"`
+}
+
+// handleEvents streams store events as Server-Sent Events. from is the last
+// revision the client has seen; events after it follow. Without from, the
+// stream starts at the current revision. A from older than the retained
+// history is answered 410 with code "compacted": list again and watch from
+// the list's revision. If the client reads too slowly the stream ends with
+// an "error" event naming the revision to resume from.
+func (s *Server) handleEvents(w http.ResponseWriter, r *http.Request, p *principal) {
+	q := r.URL.Query()
+	var from int64
+	var err error
+	if v := q.Get("from"); v != "" {
+		from, err = strconv.ParseInt(v, 10, 64)
+		if err != nil || from < 0 {
+			writeError(w, badRequest("from %q is not a revision", v))
+			return
+		}
+	} else if v := r.Header.Get("Last-Event-ID"); v != "" {
+		from, _ = strconv.ParseInt(v, 10, 64)
+	} else if from, err = s.st.Revision(r.Context()); err != nil {
+		writeError(w, err)
+		return
+	}
+	kinds := map[string]bool{}
+	if v := q.Get("kinds"); v != "" {
+		for _, k := range strings.Split(v, ",") {
+			info, err := model.Lookup(strings.TrimSpace(k))
+			if err != nil {
+				writeError(w, badRequest("kinds: %v", err))
+				return
+			}
+			kinds[info.Kind] = true
+		}
+	}
+	ch, err := s.st.Watch(r.Context(), from)
+	if err != nil {
+		if errors.Is(err, store.ErrCompacted) {
+			oldest, _ := s.st.OldestRevision(r.Context())
+			writeError(w, apiError(http.StatusGone, "compacted", "revision %d is no longer retained (oldest: %d): list again and watch from the list's revision", from, oldest))
+			return
+		}
+		writeError(w, err)
+		return
+	}
+	flusher, ok := w.(http.Flusher)
+	if !ok {
+		writeError(w, errors.New("streaming unsupported"))
+		return
+	}
+	w.Header().Set("Content-Type", "text/event-stream")
+	w.Header().Set("Cache-Control", "no-cache")
+	w.Header().Set("X-Accel-Buffering", "no")
+	w.WriteHeader(http.StatusOK)
+	fmt.Fprintf(w, ": drover events from revision %d\n\n", from)
+	flusher.Flush()
+	ping := time.NewTicker(15 * time.Second)
+	defer ping.Stop()
+	last := from
+	dirty := false
+	for {
+		select {
+		case <-r.Context().Done():
+			return
+		case <-ping.C:
+			fmt.Fprintf(w, ": ping %d\n\n", last)
+			flusher.Flush()
+		case ev, ok := <-ch:
+			if !ok {
+				if r.Context().Err() == nil {
+					fmt.Fprintf(w, "event: error\ndata: {\"error\":\"stream ended (client too slow or server stopping); resume with from=%d\",\"code\":\"resume\",\"revision\":%d}\n\n", last, last)
+					flusher.Flush()
+				}
+				return
+			}
+			last = ev.Revision
+			if (len(kinds) > 0 && !kinds[ev.Record.Kind]) || !canRead(p, ev.Record.Kind) {
+				if dirty && len(ch) == 0 {
+					flusher.Flush()
+					dirty = false
+				}
+				continue
+			}
+			we := WireEvent{Type: string(ev.Type), Revision: ev.Revision, Kind: ev.Record.Kind, Name: ev.Record.Name}
+			if ev.Type == store.EventPut {
+				obj, err := s.present(ev.Record)
+				if err == nil {
+					we.Object = obj
+				}
+			}
+			b, _ := json.Marshal(we)
+			fmt.Fprintf(w, "id: %d\nevent: %s\ndata: %s\n\n", ev.Revision, ev.Type, b)
+			dirty = true
+			// Flush once a burst is written, not per event.
+			if len(ch) == 0 {
+				flusher.Flush()
+				dirty = false
+			}
+		}
+	}
+}

@@ -1,0 +1,563 @@
+package server
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net/http"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/drover-project/drover/api"
+	"github.com/drover-project/drover/internal/auth"
+	"github.com/drover-project/drover/internal/labels"
+	"github.com/drover-project/drover/internal/model"
+	"github.com/drover-project/drover/internal/render"
+	"github.com/drover-project/drover/internal/store"
+)
+
+// maskedValue replaces secure param values in API output.
+const maskedValue = `"********"`
+
+func getObj(ctx context.Context, st store.Store, kind, name string, obj api.Object) error {
+	rec, err := st.Get(ctx, kind, name)
+	if err != nil {
+		return err
+	}
+	return model.Decode(rec, obj)
+}
+
+func kindFromPath(r *http.Request) (*model.KindInfo, error) {
+	k, err := model.Lookup(r.PathValue("kind"))
+	if err != nil {
+		return nil, apiError(http.StatusNotFound, "unknown_kind", "%v", err)
+	}
+	return k, nil
+}
+
+// present turns a record into what callers may see: secrets masked, hashes
+// dropped.
+func (s *Server) present(rec store.Record) ([]byte, error) {
+	switch rec.Kind {
+	case api.KindUser, api.KindToken, api.KindJoinToken:
+		obj, err := model.DecodeNew(rec)
+		if err != nil {
+			return nil, err
+		}
+		switch o := obj.(type) {
+		case *api.User:
+			o.PasswordHash, o.Password = "", ""
+		case *api.Token:
+			o.SecretHash = ""
+		case *api.JoinToken:
+			o.SecretHash = ""
+		}
+		return json.Marshal(obj)
+	case api.KindMachine, api.KindProfile, api.KindParam:
+		if !bytes.Contains(rec.Data, []byte(`"enc:v1:`)) {
+			return model.Raw(rec), nil
+		}
+		obj, err := model.DecodeNew(rec)
+		if err != nil {
+			return nil, err
+		}
+		switch o := obj.(type) {
+		case *api.Machine:
+			maskParams(o.Params)
+		case *api.Profile:
+			maskParams(o.Params)
+		case *api.Param:
+			if len(o.Default) > 0 {
+				o.Default = json.RawMessage(maskedValue)
+			}
+		}
+		return json.Marshal(obj)
+	}
+	return model.Raw(rec), nil
+}
+
+func maskParams(params map[string]json.RawMessage) {
+	for k, v := range params {
+		var s string
+		if json.Unmarshal(v, &s) == nil && strings.HasPrefix(s, "enc:v1:") {
+			params[k] = json.RawMessage(maskedValue)
+		}
+	}
+}
+
+func canRead(p *principal, kind string) bool {
+	return auth.Allowed(p.Role, auth.Read, kind)
+}
+
+func (s *Server) handleList(w http.ResponseWriter, r *http.Request, p *principal) {
+	k, err := kindFromPath(r)
+	if err != nil {
+		writeError(w, err)
+		return
+	}
+	if !canRead(p, k.Kind) {
+		writeError(w, forbidden(p, "read "+k.Plural))
+		return
+	}
+	var opts store.ListOptions
+	if sel := r.URL.Query().Get("selector"); sel != "" {
+		ls, err := labels.Parse(sel)
+		if err != nil {
+			writeError(w, badRequest("selector: %v", err))
+			return
+		}
+		opts.Selector = ls
+	}
+	recs, rev, err := s.st.List(r.Context(), k.Kind, opts)
+	if err != nil {
+		writeError(w, err)
+		return
+	}
+	var b bytes.Buffer
+	b.Grow(64 + len(recs)*512)
+	fmt.Fprintf(&b, `{"kind":%q,"revision":%d,"items":[`, k.Kind, rev)
+	for i, rec := range recs {
+		if i > 0 {
+			b.WriteByte(',')
+		}
+		item, err := s.present(rec)
+		if err != nil {
+			writeError(w, err)
+			return
+		}
+		b.Write(item)
+	}
+	b.WriteString("]}")
+	writeRawJSON(w, http.StatusOK, b.Bytes())
+}
+
+func (s *Server) handleGet(w http.ResponseWriter, r *http.Request, p *principal) {
+	k, err := kindFromPath(r)
+	if err != nil {
+		writeError(w, err)
+		return
+	}
+	if !canRead(p, k.Kind) {
+		writeError(w, forbidden(p, "read "+k.Plural))
+		return
+	}
+	name := r.PathValue("name")
+	rec, err := s.st.Get(r.Context(), k.Kind, name)
+	if err != nil {
+		if errors.Is(err, store.ErrNotFound) {
+			writeError(w, apiError(http.StatusNotFound, "not_found", "%s %q not found", k.Kind, name))
+			return
+		}
+		writeError(w, err)
+		return
+	}
+	if k.Kind == api.KindMachine && r.URL.Query().Get("effective") != "" {
+		s.writeEffective(w, r, rec)
+		return
+	}
+	out, err := s.present(rec)
+	if err != nil {
+		writeError(w, err)
+		return
+	}
+	writeRawJSON(w, http.StatusOK, out)
+}
+
+// EffectiveParams is the answer of GET machine?effective=1.
+type EffectiveParams struct {
+	Machine string                  `json:"machine"`
+	Params  map[string]render.Value `json:"params"`
+}
+
+func (s *Server) writeEffective(w http.ResponseWriter, r *http.Request, rec store.Record) {
+	var m api.Machine
+	if err := model.Decode(rec, &m); err != nil {
+		writeError(w, err)
+		return
+	}
+	in, err := s.eng.RenderInput(r.Context(), &m)
+	if err != nil {
+		writeError(w, err)
+		return
+	}
+	eff := in.Effective()
+	for n, v := range eff {
+		if v.Secure {
+			v.Value = json.RawMessage(maskedValue)
+			eff[n] = v
+		}
+	}
+	writeJSON(w, http.StatusOK, EffectiveParams{Machine: m.Name, Params: eff})
+}
+
+func (s *Server) handlePut(w http.ResponseWriter, r *http.Request, p *principal) {
+	var raw json.RawMessage
+	if err := decodeBody(r, &raw); err != nil {
+		writeError(w, err)
+		return
+	}
+	k, err := kindFromPath(r)
+	if err != nil {
+		writeError(w, err)
+		return
+	}
+	var head struct{ Kind, Name string }
+	_ = json.Unmarshal(raw, &head)
+	if head.Kind != k.Kind || head.Name != r.PathValue("name") {
+		writeError(w, badRequest("the body's kind and name (%s %q) must match the URL (%s %q)", head.Kind, head.Name, k.Kind, r.PathValue("name")))
+		return
+	}
+	resp, err := s.apply(r.Context(), p, []json.RawMessage{raw})
+	if err != nil {
+		writeError(w, err)
+		return
+	}
+	writeJSON(w, http.StatusOK, resp)
+}
+
+func (s *Server) handleApply(w http.ResponseWriter, r *http.Request, p *principal) {
+	var req api.ApplyRequest
+	if err := decodeBody(r, &req); err != nil {
+		writeError(w, err)
+		return
+	}
+	if len(req.Documents) == 0 {
+		writeError(w, badRequest("no documents to apply"))
+		return
+	}
+	resp, err := s.apply(r.Context(), p, req.Documents)
+	if err != nil {
+		writeError(w, err)
+		return
+	}
+	writeJSON(w, http.StatusOK, resp)
+}
+
+// apply validates every document, then writes them all in one transaction:
+// all or nothing.
+func (s *Server) apply(ctx context.Context, p *principal, docs []json.RawMessage) (*api.ApplyResponse, error) {
+	objs := make([]api.Object, 0, len(docs))
+	seen := map[string]int{}
+	batchParams := map[string]*api.Param{}
+	for i, raw := range docs {
+		obj, err := model.ParseDocument(model.Document{Index: i + 1, JSON: raw})
+		if err != nil {
+			return nil, err
+		}
+		m := obj.GetMeta()
+		k, _ := model.Lookup(m.Kind)
+		derr := func(err error) error {
+			var fe *model.FieldError
+			field := ""
+			if errors.As(err, &fe) {
+				field, err = fe.Field, fe.Err
+			}
+			return &model.DocError{Index: i + 1, Kind: m.Kind, Name: m.Name, Field: field, Err: err}
+		}
+		if k.Managed {
+			return nil, derr(fmt.Errorf("%s objects are managed by drover and cannot be applied", m.Kind))
+		}
+		if !auth.Allowed(p.Role, auth.Write, m.Kind) {
+			return nil, forbidden(p, "write "+k.Plural)
+		}
+		key := m.Kind + "/" + m.Name
+		if j, dup := seen[key]; dup {
+			return nil, derr(fmt.Errorf("same object as document %d", j))
+		}
+		seen[key] = i + 1
+		if err := model.Validate(obj); err != nil {
+			return nil, derr(err)
+		}
+		if pa, ok := obj.(*api.Param); ok {
+			batchParams[pa.Name] = pa
+		}
+		objs = append(objs, obj)
+	}
+	declared, err := s.declaredParams(ctx, batchParams)
+	if err != nil {
+		return nil, err
+	}
+	var ops []store.Op
+	var results []api.ApplyResult
+	now := time.Now().UTC()
+	for i, obj := range objs {
+		m := obj.GetMeta()
+		derr := func(field string, err error) error {
+			return &model.DocError{Index: i + 1, Kind: m.Kind, Name: m.Name, Field: field, Err: err}
+		}
+		existing, err := s.st.Get(ctx, m.Kind, m.Name)
+		exists := err == nil
+		if err != nil && !errors.Is(err, store.ErrNotFound) {
+			return nil, err
+		}
+		if err := s.prepare(obj, existing, exists, declared); err != nil {
+			var fe *model.FieldError
+			if errors.As(err, &fe) {
+				return nil, derr(fe.Field, fe.Err)
+			}
+			return nil, derr("", err)
+		}
+		expect := m.Revision
+		lbls, data, err := model.Encode(obj)
+		if err != nil {
+			return nil, err
+		}
+		res := api.ApplyResult{Kind: m.Kind, Name: m.Name}
+		if exists && expect == 0 && bytes.Equal(existing.Data, data) && equalLabels(existing.Labels, lbls) {
+			res.Action, res.Revision = "unchanged", existing.Revision
+			results = append(results, res)
+			continue
+		}
+		if exists && expect != 0 && expect != existing.Revision {
+			return nil, derr("revision", fmt.Errorf("%s %q changed since revision %d (now %d): %w; get it again and reapply", m.Kind, m.Name, expect, existing.Revision, store.ErrConflict))
+		}
+		if !exists && expect != 0 {
+			return nil, derr("revision", fmt.Errorf("%s %q does not exist, yet revision %d was given: %w", m.Kind, m.Name, expect, store.ErrConflict))
+		}
+		op := store.Op{Type: store.OpCreate, Kind: m.Kind, Name: m.Name, Labels: lbls, Data: data}
+		res.Action = "created"
+		if exists {
+			op.Type = store.OpUpdate
+			op.ExpectRevision = existing.Revision
+			res.Action = "updated"
+		}
+		ops = append(ops, op)
+		ops = append(ops, s.auditOp(p, res.Action, m.Kind+"/"+m.Name, "", now, len(ops)))
+		results = append(results, res)
+	}
+	if len(ops) == 0 {
+		rev, err := s.st.Revision(ctx)
+		return &api.ApplyResponse{Revision: rev, Results: results}, err
+	}
+	recs, rev, err := s.st.Txn(ctx, ops)
+	if err != nil {
+		var te *store.TxnError
+		if errors.As(err, &te) && errors.Is(err, store.ErrConflict) {
+			return nil, apiError(http.StatusConflict, "conflict", "%s %q was changed by someone else while applying; nothing was written, apply again", te.Kind, te.Name)
+		}
+		return nil, err
+	}
+	j := 0
+	for i := range results {
+		if results[i].Action == "unchanged" {
+			continue
+		}
+		results[i].Revision = recs[j*2].Revision
+		j++
+	}
+	return &api.ApplyResponse{Revision: rev, Results: results}, nil
+}
+
+func equalLabels(a, b map[string]string) bool {
+	if len(a) != len(b) {
+		return false
+	}
+	for k, v := range a {
+		if bv, ok := b[k]; !ok || bv != v {
+			return false
+		}
+	}
+	return true
+}
+
+// declaredParams returns the stored Param declarations overlaid with those
+// of the batch being applied.
+func (s *Server) declaredParams(ctx context.Context, batch map[string]*api.Param) (map[string]*api.Param, error) {
+	recs, _, err := s.st.List(ctx, api.KindParam, store.ListOptions{})
+	if err != nil {
+		return nil, err
+	}
+	out := make(map[string]*api.Param, len(recs)+len(batch))
+	for _, rec := range recs {
+		var p api.Param
+		if err := model.Decode(rec, &p); err == nil {
+			out[p.Name] = &p
+		}
+	}
+	for n, p := range batch {
+		out[n] = p
+	}
+	return out, nil
+}
+
+// prepare fills server-owned parts of an object being applied: a machine
+// keeps its status, a user's password is hashed, secure param values are
+// sealed, and values are checked against their declarations.
+func (s *Server) prepare(obj api.Object, existing store.Record, exists bool, declared map[string]*api.Param) error {
+	switch o := obj.(type) {
+	case *api.Machine:
+		if exists {
+			var old api.Machine
+			if err := model.Decode(existing, &old); err != nil {
+				return err
+			}
+			o.Status = old.Status
+		} else {
+			o.Status = api.MachineStatus{State: api.StateDiscovered}
+		}
+		return s.sealParams(o.Params, declared, existingParams(existing, exists, func() api.Object { return &api.Machine{} }))
+	case *api.Profile:
+		return s.sealParams(o.Params, declared, existingParams(existing, exists, func() api.Object { return &api.Profile{} }))
+	case *api.Param:
+		if o.Secure && len(o.Default) > 0 {
+			return &model.FieldError{Field: "default", Err: errors.New("a secure param cannot have a default (it would be stored in clear)")}
+		}
+	case *api.User:
+		if o.Password != "" {
+			hash, err := auth.HashPassword(o.Password)
+			if err != nil {
+				return &model.FieldError{Field: "password", Err: err}
+			}
+			o.PasswordHash = hash
+			o.Password = ""
+		} else if exists {
+			var old api.User
+			if err := model.Decode(existing, &old); err != nil {
+				return err
+			}
+			o.PasswordHash = old.PasswordHash
+		} else {
+			return &model.FieldError{Field: "password", Err: errors.New("a new user needs a password")}
+		}
+	}
+	return nil
+}
+
+// existingParams returns the stored params of the object being replaced,
+// so that re-applying a masked value keeps the stored secret.
+func existingParams(rec store.Record, exists bool, newObj func() api.Object) map[string]json.RawMessage {
+	if !exists {
+		return nil
+	}
+	obj := newObj()
+	if model.Decode(rec, obj) != nil {
+		return nil
+	}
+	switch o := obj.(type) {
+	case *api.Machine:
+		return o.Params
+	case *api.Profile:
+		return o.Params
+	}
+	return nil
+}
+
+func (s *Server) sealParams(params map[string]json.RawMessage, declared map[string]*api.Param, old map[string]json.RawMessage) error {
+	for name, v := range params {
+		decl := declared[name]
+		if decl == nil {
+			continue
+		}
+		if decl.Secure && string(v) == maskedValue {
+			if prev, ok := old[name]; ok {
+				params[name] = prev
+				continue
+			}
+			return &model.FieldError{Field: "params." + name, Err: errors.New("the masked value ******** can only be re-applied over a stored secret")}
+		}
+		var sv string
+		if json.Unmarshal(v, &sv) == nil && strings.HasPrefix(sv, "enc:v1:") {
+			continue
+		}
+		if err := model.CheckParamValue(decl, v); err != nil {
+			return &model.FieldError{Field: "params." + name, Err: err}
+		}
+		if decl.Secure {
+			sealed, err := s.box.Seal(v)
+			if err != nil {
+				return err
+			}
+			b, _ := json.Marshal(sealed)
+			params[name] = b
+		}
+	}
+	return nil
+}
+
+// auditOp records a write in the same transaction as the write itself.
+func (s *Server) auditOp(p *principal, action, target, detail string, now time.Time, seq int) store.Op {
+	a := &api.Audit{
+		Meta:   api.Meta{Kind: api.KindAudit, Name: fmt.Sprintf("%d-%s-%d", now.UnixNano(), strings.ReplaceAll(p.String(), ":", "-"), seq)},
+		Time:   now,
+		User:   p.String(),
+		Action: action,
+		Target: target,
+		Detail: detail,
+	}
+	a.Labels = map[string]string{"user": safeLabel(p.String())}
+	lbls, data, _ := model.Encode(a)
+	return store.Op{Type: store.OpPut, Kind: api.KindAudit, Name: a.Name, Labels: lbls, Data: data}
+}
+
+func safeLabel(s string) string {
+	s = strings.ReplaceAll(s, ":", ".")
+	if len(s) > 63 {
+		s = s[:63]
+	}
+	return s
+}
+
+func (s *Server) handleDelete(w http.ResponseWriter, r *http.Request, p *principal) {
+	k, err := kindFromPath(r)
+	if err != nil {
+		writeError(w, err)
+		return
+	}
+	if !auth.Allowed(p.Role, auth.Write, k.Kind) || k.Kind == api.KindAudit {
+		writeError(w, forbidden(p, "delete "+k.Plural))
+		return
+	}
+	name := r.PathValue("name")
+	var expect int64
+	if v := r.URL.Query().Get("revision"); v != "" {
+		if expect, err = strconv.ParseInt(v, 10, 64); err != nil {
+			writeError(w, badRequest("revision %q is not a number", v))
+			return
+		}
+	}
+	if k.Kind == api.KindUser && name == p.User {
+		writeError(w, apiError(http.StatusConflict, "conflict", "you cannot delete your own user"))
+		return
+	}
+	if k.Kind == api.KindMachine {
+		var m api.Machine
+		if err := getObj(r.Context(), s.st, api.KindMachine, name, &m); err == nil && m.Status.Run != "" {
+			writeError(w, apiError(http.StatusConflict, "conflict", "machine %q is running %s; wait for it to finish before deleting", name, m.Status.Run))
+			return
+		}
+	}
+	ops := []store.Op{{Type: store.OpDelete, Kind: k.Kind, Name: name, ExpectRevision: expect}}
+	if k.Kind == api.KindMachine {
+		// The machine's agent credentials go with it.
+		toks, _, err := s.st.List(r.Context(), api.KindToken, store.ListOptions{Selector: labelIs{"machine", name}})
+		if err != nil {
+			writeError(w, err)
+			return
+		}
+		for _, t := range toks {
+			ops = append(ops, store.Op{Type: store.OpDelete, Kind: api.KindToken, Name: t.Name})
+		}
+	}
+	ops = append(ops, s.auditOp(p, "deleted", k.Kind+"/"+name, "", time.Now().UTC(), 0))
+	_, rev, err := s.st.Txn(r.Context(), ops)
+	if err != nil {
+		if errors.Is(err, store.ErrNotFound) {
+			writeError(w, apiError(http.StatusNotFound, "not_found", "%s %q not found", k.Kind, name))
+			return
+		}
+		writeError(w, err)
+		return
+	}
+	writeJSON(w, http.StatusOK, map[string]any{"deleted": k.Kind + "/" + name, "revision": rev})
+}
+
+// labelIs selects records whose label key has exactly value.
+type labelIs struct{ key, value string }
+
+func (l labelIs) Matches(set map[string]string) bool {
+	v, ok := set[l.key]
+	return ok && v == l.value
+}

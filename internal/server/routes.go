@@ -1,0 +1,41 @@
+package server
+
+import (
+	"context"
+	"net/http"
+)
+
+func (s *Server) routes(ctx context.Context) http.Handler {
+	mux := http.NewServeMux()
+	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, r *http.Request) {
+		writeJSON(w, http.StatusOK, map[string]string{"status": "ok"})
+	})
+	mux.HandleFunc("GET /metrics", s.handleMetrics)
+	mux.HandleFunc("POST /api/v1/login", s.handleLogin)
+	mux.HandleFunc("GET /api/v1/whoami", s.withAuth(s.handleWhoami))
+
+	mux.HandleFunc("GET /api/v1/objects/{kind}", s.userOnly(s.handleList))
+	mux.HandleFunc("GET /api/v1/objects/{kind}/{name...}", s.userOnly(s.handleGet))
+	mux.HandleFunc("PUT /api/v1/objects/{kind}/{name...}", s.userOnly(s.handlePut))
+	mux.HandleFunc("DELETE /api/v1/objects/{kind}/{name...}", s.userOnly(s.handleDelete))
+	mux.HandleFunc("POST /api/v1/apply", s.userOnly(s.handleApply))
+	mux.HandleFunc("POST /api/v1/actions/{action}", s.userOnly(s.handleAction))
+	mux.HandleFunc("GET /api/v1/jobs/{name}/log", s.userOnly(s.handleJobLog))
+	mux.HandleFunc("GET /api/v1/events", s.userOnly(s.handleEvents))
+	mux.HandleFunc("POST /api/v1/join-tokens", s.userOnly(s.handleCreateJoinToken))
+
+	mux.HandleFunc("POST /api/v1/agent/register", s.handleRegister)
+	mux.HandleFunc("POST /api/v1/agent/heartbeat", s.agentOnly(s.handleHeartbeat))
+	mux.HandleFunc("GET /api/v1/agent/machine", s.agentOnly(s.handleAgentMachine))
+	mux.HandleFunc("POST /api/v1/agent/jobs/next", s.agentOnly(s.handleNextJob))
+	mux.HandleFunc("POST /api/v1/agent/jobs/{name}/log", s.agentOnly(s.handleJobAppendLog))
+	mux.HandleFunc("POST /api/v1/agent/jobs/{name}/complete", s.agentOnly(s.handleJobComplete))
+
+	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
+		writeError(w, apiError(http.StatusNotFound, "not_found", "no such endpoint: %s %s", r.Method, r.URL.Path))
+	})
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		s.metrics.requests.Add(1)
+		mux.ServeHTTP(w, r)
+	})
+}

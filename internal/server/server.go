@@ -1,0 +1,231 @@
+// Package server is the site endpoint: the store, the engine and the
+// HTTPS API in one process.
+package server
+
+import (
+	"context"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"sync"
+	"time"
+
+	"github.com/drover-project/drover/api"
+	"github.com/drover-project/drover/internal/auth"
+	"github.com/drover-project/drover/internal/engine"
+	"github.com/drover-project/drover/internal/model"
+	"github.com/drover-project/drover/internal/pki"
+	"github.com/drover-project/drover/internal/secrets"
+	"github.com/drover-project/drover/internal/store"
+	"github.com/drover-project/drover/internal/store/bolt"
+)
+
+// Config configures a site endpoint.
+type Config struct {
+	DataDir string
+	Listen  string
+	// TLSCert and TLSKey bring your own certificate; otherwise a CA and a
+	// server certificate are made under DataDir/tls.
+	TLSCert, TLSKey string
+	// TLSSANs are extra names for the generated server certificate.
+	TLSSANs []string
+	// AdminPassword sets the first admin's password on first start; when
+	// empty a random one is generated and written to
+	// DataDir/initial-admin-password.
+	AdminPassword string
+	Engine        engine.Config
+	Logger        *slog.Logger
+	// RetainEvents is how many revisions of history the store keeps for
+	// watchers to resume from.
+	RetainEvents int
+}
+
+// Server is a running site endpoint.
+type Server struct {
+	cfg     Config
+	log     *slog.Logger
+	st      store.Store
+	box     *secrets.Box
+	tls     *pki.Bundle
+	eng     *engine.Engine
+	http    *http.Server
+	ln      net.Listener
+	started time.Time
+	metrics *metrics
+
+	// InitialAdminPassword is set when this start generated the admin
+	// password (first start without DROVER_ADMIN_PASSWORD).
+	InitialAdminPassword string
+}
+
+// New opens the data dir, the store and the TLS material, and makes sure an
+// admin exists. It does not serve yet.
+func New(cfg Config) (*Server, error) {
+	if cfg.DataDir == "" {
+		return nil, errors.New("--data-dir is required")
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = slog.Default()
+	}
+	if err := os.MkdirAll(cfg.DataDir, 0o700); err != nil {
+		return nil, fmt.Errorf("data dir: %w", err)
+	}
+	s := &Server{cfg: cfg, log: cfg.Logger, started: time.Now(), metrics: newMetrics()}
+	var err error
+	if cfg.TLSCert != "" || cfg.TLSKey != "" {
+		if cfg.TLSCert == "" || cfg.TLSKey == "" {
+			return nil, errors.New("--tls-cert and --tls-key go together")
+		}
+		s.tls, err = pki.LoadKeyPair(cfg.TLSCert, cfg.TLSKey)
+	} else {
+		s.tls, err = pki.EnsureServerTLS(filepath.Join(cfg.DataDir, "tls"), append(listenSANs(cfg.Listen), cfg.TLSSANs...))
+	}
+	if err != nil {
+		return nil, fmt.Errorf("tls: %w", err)
+	}
+	s.box, err = secrets.OpenBox(filepath.Join(cfg.DataDir, "secret.key"))
+	if err != nil {
+		return nil, fmt.Errorf("secrets: %w", err)
+	}
+	s.st, err = bolt.Open(filepath.Join(cfg.DataDir, "drover.db"), bolt.Options{RetainEvents: cfg.RetainEvents})
+	if err != nil {
+		return nil, fmt.Errorf("store: %w", err)
+	}
+	if err := s.bootstrapAdmin(context.Background()); err != nil {
+		s.st.Close()
+		return nil, err
+	}
+	s.eng = engine.New(s.st, cfg.Engine, s.box, s.log)
+	return s, nil
+}
+
+func listenSANs(listen string) []string {
+	host, _, err := net.SplitHostPort(listen)
+	if err != nil || host == "" {
+		return nil
+	}
+	return []string{host}
+}
+
+// bootstrapAdmin creates the first admin when there is no user at all.
+func (s *Server) bootstrapAdmin(ctx context.Context) error {
+	users, _, err := s.st.List(ctx, api.KindUser, store.ListOptions{})
+	if err != nil {
+		return err
+	}
+	if len(users) > 0 {
+		return nil
+	}
+	password := s.cfg.AdminPassword
+	generated := password == ""
+	if generated {
+		if password, err = auth.RandomPassword(); err != nil {
+			return err
+		}
+	}
+	hash, err := auth.HashPassword(password)
+	if err != nil {
+		return fmt.Errorf("DROVER_ADMIN_PASSWORD: %w", err)
+	}
+	u := &api.User{Meta: api.Meta{Kind: api.KindUser, Name: "admin"}, Role: api.RoleAdmin, PasswordHash: hash}
+	labels, data, err := model.Encode(u)
+	if err != nil {
+		return err
+	}
+	if generated {
+		path := filepath.Join(s.cfg.DataDir, "initial-admin-password")
+		if err := os.WriteFile(path, []byte(password+"\n"), 0o600); err != nil {
+			return fmt.Errorf("write %s: %w", path, err)
+		}
+		s.InitialAdminPassword = password
+	}
+	if _, err := store.Create(ctx, s.st, api.KindUser, u.Name, labels, data); err != nil {
+		return fmt.Errorf("create admin: %w", err)
+	}
+	return nil
+}
+
+// CACertPEM is what clients should trust.
+func (s *Server) CACertPEM() []byte { return s.tls.CACertPEM }
+
+// CAPath is the CA file clients should trust (empty when bringing your own).
+func (s *Server) CAPath() string { return s.tls.CAPath }
+
+// Engine exposes the engine (tests, lab).
+func (s *Server) Engine() *engine.Engine { return s.eng }
+
+// Store exposes the store (tests, lab).
+func (s *Server) Store() store.Store { return s.st }
+
+// Addr is the address the API listens on, once Serve has started.
+func (s *Server) Addr() string {
+	if s.ln == nil {
+		return ""
+	}
+	return s.ln.Addr().String()
+}
+
+// Listen binds the API address.
+func (s *Server) Listen() error {
+	ln, err := net.Listen("tcp", s.cfg.Listen)
+	if err != nil {
+		return fmt.Errorf("listen %s: %w", s.cfg.Listen, err)
+	}
+	s.ln = ln
+	return nil
+}
+
+// Serve runs the engine and the API until ctx ends, then shuts down.
+func (s *Server) Serve(ctx context.Context) error {
+	if s.ln == nil {
+		if err := s.Listen(); err != nil {
+			return err
+		}
+	}
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	var wg sync.WaitGroup
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		_ = s.eng.Run(ctx)
+	}()
+	tlsCfg := s.tls.TLSConfig()
+	s.http = &http.Server{
+		Handler:           s.routes(ctx),
+		TLSConfig:         tlsCfg,
+		ReadHeaderTimeout: 10 * time.Second,
+		IdleTimeout:       2 * time.Minute,
+		ErrorLog:          slog.NewLogLogger(s.log.Handler(), slog.LevelDebug),
+		BaseContext:       func(net.Listener) context.Context { return ctx },
+	}
+	errc := make(chan error, 1)
+	go func() {
+		errc <- s.http.Serve(tls.NewListener(s.ln, tlsCfg))
+	}()
+	s.log.Info("drover server listening", "addr", s.ln.Addr().String(), "data", s.cfg.DataDir, "ca", s.tls.CAPath)
+	var err error
+	select {
+	case <-ctx.Done():
+	case err = <-errc:
+	}
+	// Cancelling first ends long polls and event streams, so Shutdown does
+	// not wait for them.
+	cancel()
+	shutCtx, c2 := context.WithTimeout(context.Background(), 5*time.Second)
+	defer c2()
+	_ = s.http.Shutdown(shutCtx)
+	wg.Wait()
+	if errors.Is(err, http.ErrServerClosed) {
+		err = nil
+	}
+	return err
+}
+
+// Close releases the store.
+func (s *Server) Close() error { return s.st.Close() }
