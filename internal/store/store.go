@@ -109,9 +109,11 @@ type Selector interface {
 // committed transaction (a Txn with several ops is one revision). Watch
 // delivers every event with revision > fromRevision in revision order, then
 // follows new writes, until ctx ends or the watcher falls too far behind; in
-// both cases the channel is closed. If fromRevision is older than the oldest
-// retained event the call fails with ErrCompacted (wrapped), and the caller
-// must List again and watch from the list's revision.
+// both cases the channel is closed. If fromRevision < OldestRevision()-1
+// (events after it are no longer all retained) the call fails with
+// ErrCompacted (wrapped), and the caller must List again and watch from the
+// list's revision. Watch(0) replays all history while nothing has been
+// compacted; it does not mean "from now".
 type Store interface {
 	Get(ctx context.Context, kind, name string) (Record, error)
 	// List returns the records of kind, sorted by name, and the store
@@ -125,10 +127,12 @@ type Store interface {
 	Watch(ctx context.Context, fromRevision int64) (<-chan Event, error)
 	// Revision is the current store revision.
 	Revision(ctx context.Context) (int64, error)
-	// OldestRevision is the oldest revision Watch can still resume from.
+	// OldestRevision is the oldest revision whose events are still retained
+	// (1 before any compaction); Watch can resume from OldestRevision-1 on.
 	OldestRevision(ctx context.Context) (int64, error)
 	// AppendLog appends bytes to a named log (job output), outside the
-	// revision history; ReadLog returns the bytes from offset on.
+	// revision history, and returns the log's size after the append;
+	// ReadLog returns the bytes from offset on.
 	AppendLog(ctx context.Context, name string, data []byte) (int64, error)
 	ReadLog(ctx context.Context, name string, offset int64) ([]byte, error)
 	DeleteLog(ctx context.Context, name string) error

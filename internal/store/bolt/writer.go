@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"maps"
 	"slices"
+	"strings"
 	"sync/atomic"
 
 	bolt "go.etcd.io/bbolt"
@@ -61,7 +62,7 @@ func validateOp(op store.Op) error {
 		return fmt.Errorf("unknown op type %d", int(op.Type))
 	case op.Kind == "":
 		return errors.New("kind is empty")
-	case slices.Contains([]byte(op.Kind), 0):
+	case strings.IndexByte(op.Kind, 0) >= 0:
 		return errors.New("kind contains a NUL byte")
 	case op.Name == "":
 		return errors.New("name is empty")
