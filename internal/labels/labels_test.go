@@ -142,8 +142,11 @@ func TestMatches(t *testing.T) {
 			t.Errorf("%q.Matches(%v) = %v, want %v", tt.sel, set, got, tt.want)
 		}
 	}
-	if !(Selector{}).Matches(nil) {
+	if !(Selector{}).Matches(nil) || !Everything().Matches(set) || !Everything().Empty() {
 		t.Error("zero Selector must match everything")
+	}
+	if sel, _ := Parse("a"); sel.Empty() {
+		t.Error("Parse(\"a\").Empty() = true")
 	}
 	if sel, _ := Parse("!a"); !sel.Matches(nil) {
 		t.Error("!a must match a nil label set")

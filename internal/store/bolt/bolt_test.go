@@ -184,3 +184,113 @@ func BenchmarkList10k(b *testing.B) {
 		})
 	}
 }
+
+func putN(t *testing.T, s *Store, n int) {
+	t.Helper()
+	for i := range n {
+		if _, err := store.Put(t.Context(), s, "m", fmt.Sprint("n", i%5), nil, []byte(fmt.Sprint(i)), 0); err != nil {
+			t.Fatal(err)
+		}
+	}
+}
+
+// A watcher still replaying history when its live queue overflows re-reads
+// the overflow from the database instead of being closed.
+func TestWatchResyncDuringReplay(t *testing.T) {
+	s := openAt(t, filepath.Join(t.TempDir(), "drover.db"), Options{WatchBuffer: 4})
+	putN(t, s, 3000)
+	ch, err := s.Watch(t.Context(), 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Read slowly while 300 more revisions arrive, far more than the
+	// watcher's live queue holds, so they overflow during the replay.
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		putN(t, s, 300)
+	}()
+	want := int64(1)
+	for ; want <= 3300; want++ {
+		select {
+		case ev, ok := <-ch:
+			if !ok {
+				t.Fatalf("watcher closed at revision %d while replaying", want)
+			}
+			if ev.Revision != want {
+				t.Fatalf("got revision %d, want %d", ev.Revision, want)
+			}
+		case <-time.After(10 * time.Second):
+			t.Fatalf("timed out waiting for revision %d", want)
+		}
+		if want < 100 {
+			time.Sleep(200 * time.Microsecond)
+		}
+	}
+	<-done
+}
+
+// History compacted past a watcher that is still replaying closes it, and
+// resuming reports ErrCompacted.
+func TestWatchCompactedWhileReplaying(t *testing.T) {
+	s := openAt(t, filepath.Join(t.TempDir(), "drover.db"), Options{RetainEvents: 20, WatchBuffer: 4})
+	putN(t, s, 10)
+	ch, err := s.Watch(t.Context(), 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	putN(t, s, 100) // not reading: the watcher is still in replay
+	last := int64(0)
+	for ev := range ch {
+		if ev.Revision != last+1 {
+			t.Fatalf("revision %d after %d", ev.Revision, last)
+		}
+		last = ev.Revision
+	}
+	if last >= 110 {
+		t.Fatalf("watcher delivered up to %d, but history after 30 was compacted", last)
+	}
+	if _, err := s.Watch(t.Context(), last); !errors.Is(err, store.ErrCompacted) {
+		t.Fatalf("Watch(%d) after compaction: %v, want ErrCompacted", last, err)
+	}
+}
+
+func TestInvalidOps(t *testing.T) {
+	s := openAt(t, filepath.Join(t.TempDir(), "drover.db"), Options{})
+	for _, tc := range []struct {
+		op   store.Op
+		frag string
+	}{
+		{store.Op{Type: store.OpCreate, Kind: "a\x00b", Name: "n"}, "NUL"},
+		{store.Op{Type: store.OpCreate, Kind: "k", Name: strings.Repeat("n", bolt.MaxKeySize)}, "the limit is"},
+		{store.Op{Type: store.OpUpdate, Kind: "k", Name: "n", ExpectRevision: -1}, "negative"},
+		{store.Op{Type: 0, Kind: "k", Name: "n"}, "unknown op type"},
+	} {
+		_, _, err := s.Txn(t.Context(), []store.Op{tc.op})
+		var te *store.TxnError
+		if !errors.As(err, &te) || te.Index != 0 || !strings.Contains(err.Error(), tc.frag) {
+			t.Errorf("Txn(%+v) = %v, want a TxnError mentioning %q", tc.op.Type, err, tc.frag)
+		}
+	}
+	for _, name := range []string{"", strings.Repeat("l", bolt.MaxKeySize+1)} {
+		if _, err := s.AppendLog(t.Context(), name, nil); err == nil {
+			t.Errorf("AppendLog(%d-byte name) succeeded", len(name))
+		}
+	}
+}
+
+// Whatever bytes a damaged file holds, decoding reports an error, not a panic.
+func FuzzDecode(f *testing.F) {
+	v := encodeRecord(map[string]string{"a": "b"}, []byte("data"))
+	setRevisions(v, 7, 3)
+	f.Add(v)
+	f.Add(encodeEvents([]eventEntry{{typ: eventPut, key: objectKey("k", "n"), value: v}}))
+	f.Add([]byte{recordFormat})
+	f.Fuzz(func(t *testing.T, b []byte) {
+		var rec store.Record
+		d := decoder{batch: true}
+		d.decodeRecord(b, &rec, nil, nil)
+		d.decodeRecord(b, &rec, labels.Everything(), map[string]string{})
+		d.decodeEvents(1, b, nil)
+	})
+}

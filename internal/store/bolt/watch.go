@@ -107,7 +107,10 @@ func (h *hub) publish(groups [][]store.Event, rev int64) {
 // reader falls behind (about 2×WatchBuffer events undelivered) so that a slow
 // reader never holds up writers. After a close the caller resumes with
 // Watch(ctx, lastRevisionSeen); a close for lagging always happens between
-// transactions, so lastRevisionSeen's events are complete.
+// transactions, so lastRevisionSeen's events are complete. While a watcher is
+// still replaying history it is not closed for lagging (it reads what it
+// missed from the database again), so a reader that stops then only holds its
+// own goroutine until ctx ends.
 //
 // Events from live commits are shared by all watchers: treat their Labels and
 // Data as read-only.
