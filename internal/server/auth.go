@@ -72,6 +72,11 @@ func (s *Server) authenticate(r *http.Request) (*principal, error) {
 		if err := getObj(r.Context(), s.st, api.KindUser, t.User, &u); err != nil || u.Disabled {
 			return nil, errUnauthorized
 		}
+		// A token older than its user belongs to an earlier user of the
+		// same name.
+		if rec.CreateRevision < u.CreateRevision {
+			return nil, errUnauthorized
+		}
 		p.Role = u.Role
 	}
 	return p, nil

@@ -18,7 +18,7 @@ type metrics struct {
 
 func newMetrics() *metrics { return &metrics{} }
 
-func (s *Server) handleMetrics(w http.ResponseWriter, r *http.Request) {
+func (s *Server) handleMetrics(w http.ResponseWriter, r *http.Request, _ *principal) {
 	st := s.eng.Stats()
 	rev, _ := s.st.Revision(r.Context())
 	var ms runtime.MemStats

@@ -326,13 +326,22 @@ func (s *Server) apply(ctx context.Context, p *principal, docs []json.RawMessage
 		}
 		ops = append(ops, op)
 		ops = append(ops, s.auditOp(p, res.Action, m.Kind+"/"+m.Name, "", now, len(ops)))
+		if u, ok := obj.(*api.User); ok && exists && u.Disabled {
+			// Disabling a user ends its sessions for good: enabling it again
+			// must not bring back tokens that may have leaked meanwhile.
+			revoke, err := s.tokenDeletes(ctx, "user", u.Name)
+			if err != nil {
+				return nil, err
+			}
+			ops = append(ops, revoke...)
+		}
 		results = append(results, res)
 	}
 	if len(ops) == 0 {
 		rev, err := s.st.Revision(ctx)
 		return &api.ApplyResponse{Revision: rev, Results: results}, err
 	}
-	recs, rev, err := s.st.Txn(ctx, ops)
+	_, rev, err := s.st.Txn(ctx, ops)
 	if err != nil {
 		var te *store.TxnError
 		if errors.As(err, &te) && errors.Is(err, store.ErrConflict) {
@@ -340,13 +349,11 @@ func (s *Server) apply(ctx context.Context, p *principal, docs []json.RawMessage
 		}
 		return nil, err
 	}
-	j := 0
 	for i := range results {
-		if results[i].Action == "unchanged" {
-			continue
+		if results[i].Action != "unchanged" {
+			// One transaction, one revision.
+			results[i].Revision = rev
 		}
-		results[i].Revision = recs[j*2].Revision
-		j++
 	}
 	return &api.ApplyResponse{Revision: rev, Results: results}, nil
 }
@@ -530,16 +537,24 @@ func (s *Server) handleDelete(w http.ResponseWriter, r *http.Request, p *princip
 		}
 	}
 	ops := []store.Op{{Type: store.OpDelete, Kind: k.Kind, Name: name, ExpectRevision: expect}}
-	if k.Kind == api.KindMachine {
+	switch k.Kind {
+	case api.KindMachine:
 		// The machine's agent credentials go with it.
-		toks, _, err := s.st.List(r.Context(), api.KindToken, store.ListOptions{Selector: labelIs{"machine", name}})
+		revoke, err := s.tokenDeletes(r.Context(), "machine", name)
 		if err != nil {
 			writeError(w, err)
 			return
 		}
-		for _, t := range toks {
-			ops = append(ops, store.Op{Type: store.OpDelete, Kind: api.KindToken, Name: t.Name})
+		ops = append(ops, revoke...)
+	case api.KindUser:
+		// So do a user's sessions: a new user of the same name must not
+		// inherit them.
+		revoke, err := s.tokenDeletes(r.Context(), "user", name)
+		if err != nil {
+			writeError(w, err)
+			return
 		}
+		ops = append(ops, revoke...)
 	}
 	ops = append(ops, s.auditOp(p, "deleted", k.Kind+"/"+name, "", time.Now().UTC(), 0))
 	_, rev, err := s.st.Txn(r.Context(), ops)
@@ -552,6 +567,20 @@ func (s *Server) handleDelete(w http.ResponseWriter, r *http.Request, p *princip
 		return
 	}
 	writeJSON(w, http.StatusOK, map[string]any{"deleted": k.Kind + "/" + name, "revision": rev})
+}
+
+// tokenDeletes returns the ops deleting every token whose label key
+// (user or machine) is name.
+func (s *Server) tokenDeletes(ctx context.Context, key, name string) ([]store.Op, error) {
+	toks, _, err := s.st.List(ctx, api.KindToken, store.ListOptions{Selector: labelIs{key, name}})
+	if err != nil {
+		return nil, err
+	}
+	ops := make([]store.Op, 0, len(toks))
+	for _, t := range toks {
+		ops = append(ops, store.Op{Type: store.OpDelete, Kind: api.KindToken, Name: t.Name, ExpectRevision: t.Revision})
+	}
+	return ops, nil
 }
 
 // labelIs selects records whose label key has exactly value.

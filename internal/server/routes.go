@@ -10,7 +10,9 @@ func (s *Server) routes(ctx context.Context) http.Handler {
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, r *http.Request) {
 		writeJSON(w, http.StatusOK, map[string]string{"status": "ok"})
 	})
-	mux.HandleFunc("GET /metrics", s.handleMetrics)
+	// Only login and health are open: metrics tell an outsider how big the
+	// site is and how busy, so a scraper needs a token (a viewer is enough).
+	mux.HandleFunc("GET /metrics", s.userOnly(s.handleMetrics))
 	mux.HandleFunc("POST /api/v1/login", s.handleLogin)
 	mux.HandleFunc("GET /api/v1/whoami", s.withAuth(s.handleWhoami))
 
