@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"net/http"
 	"strconv"
+	"strings"
 	"time"
 
 	"github.com/drover-project/drover/api"
@@ -28,7 +29,7 @@ func (s *Server) resolveNodes(ctx context.Context, expr string) ([]string, error
 	}
 	set, err := noderange.Resolve(expr, noderange.MapUniverse{"": nodes})
 	if err != nil {
-		return nil, badRequest("%v", err)
+		return nil, badRequest("node range %q: %s", expr, strings.TrimPrefix(err.Error(), "noderange: "))
 	}
 	names := set.Names("")
 	if len(names) == 0 {

@@ -59,6 +59,9 @@ func classify(err error) *api.Error {
 	switch {
 	case errors.As(err, &te), errors.As(err, &be):
 		return apiError(http.StatusConflict, "invalid_transition", "%s", msg)
+	case (errors.As(err, &de) || errors.As(err, &fe)) && errors.Is(err, store.ErrConflict):
+		// A document naming a stale revision is well-formed: it lost a race.
+		return apiError(http.StatusConflict, "conflict", "%s", msg)
 	case errors.As(err, &de), errors.As(err, &fe):
 		return apiError(http.StatusBadRequest, "invalid", "%s", msg)
 	case errors.Is(err, store.ErrNotFound):
@@ -80,7 +83,7 @@ func classify(err error) *api.Error {
 // decodeBody decodes a JSON body strictly: unknown fields are errors.
 func decodeBody(r *http.Request, v any) error {
 	if ct := r.Header.Get("Content-Type"); ct != "" && !strings.HasPrefix(ct, "application/json") {
-		return badRequest("request body must be application/json, not %s", ct)
+		return apiError(http.StatusUnsupportedMediaType, "unsupported_media_type", "request body must be application/json, not %s", ct)
 	}
 	dec := json.NewDecoder(io.LimitReader(r.Body, maxBody))
 	dec.DisallowUnknownFields()
