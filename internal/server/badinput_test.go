@@ -80,7 +80,7 @@ func TestBadInputChangesNothing(t *testing.T) {
 		{"user without password", apply(`{"kind":"User","name":"u","role":"viewer"}`), 400, "invalid", []string{"document 1", "password"}},
 		{"empty workflow", apply(`{"kind":"Workflow","name":"w2","tasks":[]}`), 400, "invalid", []string{"document 1", "tasks"}},
 		{"document 3 of 3 is bad", apply(good1, good2, `{"kind":"Task","name":"t3","script":"{{"}`), 400, "invalid", []string{"document 3", `Task "t3"`}},
-		{"document 3 of 3 is stale", apply(good1, good2, `{"kind":"Profile","name":"p1","revision":` + itoa(stale) + `}`), 409, "conflict", []string{"document 3", `Profile "p1"`, "revision"}},
+		{"document 3 of 3 is stale", apply(good1, good2, `{"kind":"Profile","name":"p1","revision":`+itoa(stale)+`}`), 409, "conflict", []string{"document 3", `Profile "p1"`, "revision"}},
 		{"duplicate documents", apply(good1, good2, good1), 400, "invalid", []string{"document 3", "document 1", `Profile "new1"`}},
 		{"Job is managed", apply(good1, `{"kind":"Job","name":"j1","machine":"n1","task":"t1"}`), 400, "invalid", []string{"document 2", "Job", "managed"}},
 		{"Run is managed", apply(`{"kind":"Run","name":"r1","machine":"n1"}`), 400, "invalid", []string{"document 1", "Run", "managed"}},
