@@ -179,35 +179,100 @@ func contains(list []string, s string) bool {
 	return false
 }
 
-// CompileSchema compiles a param's JSON schema. Remote references are not
-// loaded.
+// noLoader refuses every external reference: a schema is checked on its
+// own, and must not make the server read its files or the network.
+type noLoader struct{}
+
+func (noLoader) Load(url string) (any, error) {
+	return nil, fmt.Errorf("schema references %s: references to other documents are not allowed (put definitions under $defs)", url)
+}
+
+// schemaBase names a param's schema. It is not a file: with a relative URL
+// the library would resolve references against the server's directory.
+const schemaBase = "drover:param/"
+
+// CompileSchema compiles a param's JSON schema. References to anything but
+// the schema itself are refused.
 func CompileSchema(name string, schema json.RawMessage) (*jsonschema.Schema, error) {
 	doc, err := jsonschema.UnmarshalJSON(bytes.NewReader(schema))
 	if err != nil {
 		return nil, fmt.Errorf("schema is not valid JSON: %v", err)
 	}
 	c := jsonschema.NewCompiler()
-	url := "param-" + name + ".json"
+	c.UseLoader(noLoader{})
+	url := schemaBase + name
 	if err := c.AddResource(url, doc); err != nil {
-		return nil, fmt.Errorf("bad schema: %v", err)
+		return nil, fmt.Errorf("bad schema: %s", schemaReason(err, false))
 	}
 	sch, err := c.Compile(url)
 	if err != nil {
-		return nil, fmt.Errorf("bad schema: %v", err)
+		return nil, fmt.Errorf("bad schema: %s", schemaReason(err, false))
 	}
 	return sch, nil
 }
 
-// CheckParamValue checks a value against a param's type and schema.
+// schemaReason turns a jsonschema error into one line that says where and
+// why. With secure set it names only the failing keywords: messages such
+// as pattern's quote the value.
+func schemaReason(err error, secure bool) string {
+	var ve *jsonschema.ValidationError
+	var se *jsonschema.SchemaValidationError
+	if errors.As(err, &se) {
+		if errors.As(se.Err, &ve) {
+			return "it does not follow the JSON Schema specification: " + leafReasons(ve, false)
+		}
+		return strings.ReplaceAll(se.Err.Error(), schemaBase, "")
+	}
+	if errors.As(err, &ve) {
+		return leafReasons(ve, secure)
+	}
+	return strings.ReplaceAll(err.Error(), schemaBase, "")
+}
+
+func leafReasons(ve *jsonschema.ValidationError, secure bool) string {
+	var out []string
+	var walk func(*jsonschema.ValidationError)
+	walk = func(e *jsonschema.ValidationError) {
+		if len(e.Causes) > 0 {
+			for _, c := range e.Causes {
+				walk(c)
+			}
+			return
+		}
+		at := "/" + strings.Join(e.InstanceLocation, "/")
+		if secure {
+			out = append(out, fmt.Sprintf("at %s: fails %q", at, strings.Join(e.ErrorKind.KeywordPath(), "/")))
+			return
+		}
+		// The library's one-error form is "at '<location>': <reason>".
+		msg := strings.TrimSpace(e.Error())
+		if _, reason, ok := strings.Cut(msg, "': "); ok && strings.HasPrefix(msg, "at '") {
+			msg = reason
+		}
+		out = append(out, fmt.Sprintf("at %s: %s", at, msg))
+	}
+	walk(ve)
+	if len(out) == 0 {
+		return "the value is not valid"
+	}
+	return strings.Join(out, "; ")
+}
+
+// CheckParamValue checks a value against a param's type and schema. Errors
+// about secure params never quote the value.
 func CheckParamValue(p *api.Param, value json.RawMessage) error {
 	var v any
 	dec := json.NewDecoder(bytes.NewReader(value))
 	dec.UseNumber()
 	if err := dec.Decode(&v); err != nil {
-		return fmt.Errorf("value is not valid JSON: %v", err)
+		return fmt.Errorf("param %q: value is not valid JSON", p.Name)
 	}
 	if !typeMatches(p.Type, v) {
-		return fmt.Errorf("param %q wants a %s, got %s", p.Name, p.Type, jsonTypeOf(v))
+		got := jsonTypeOf(v)
+		if p.Type == "integer" && got == "number" {
+			got = "a number with a fraction"
+		}
+		return fmt.Errorf("param %q wants %s, got %s", p.Name, article(p.Type), got)
 	}
 	if len(p.Schema) > 0 {
 		sch, err := CompileSchema(p.Name, p.Schema)
@@ -216,13 +281,21 @@ func CheckParamValue(p *api.Param, value json.RawMessage) error {
 		}
 		doc, err := jsonschema.UnmarshalJSON(bytes.NewReader(value))
 		if err != nil {
-			return err
+			return fmt.Errorf("param %q: value is not valid JSON", p.Name)
 		}
 		if err := sch.Validate(doc); err != nil {
-			return fmt.Errorf("param %q: value does not match its schema: %v", p.Name, err)
+			return fmt.Errorf("param %q: value does not match its schema: %s", p.Name, schemaReason(err, p.Secure))
 		}
 	}
 	return nil
+}
+
+func article(t string) string {
+	switch t {
+	case "integer", "object", "array":
+		return "an " + t
+	}
+	return "a " + t
 }
 
 func typeMatches(t string, v any) bool {

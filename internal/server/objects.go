@@ -178,6 +178,12 @@ func (s *Server) writeEffective(w http.ResponseWriter, r *http.Request, rec stor
 		writeError(w, err)
 		return
 	}
+	for _, pn := range m.Profiles {
+		if _, err := s.st.Get(r.Context(), api.KindProfile, pn); errors.Is(err, store.ErrNotFound) {
+			writeError(w, apiError(http.StatusConflict, "invalid_reference", "machine %q uses profile %q, which does not exist: create it or remove it from the machine's profiles", m.Name, pn))
+			return
+		}
+	}
 	in, err := s.eng.RenderInput(r.Context(), &m)
 	if err != nil {
 		writeError(w, err)
@@ -185,7 +191,11 @@ func (s *Server) writeEffective(w http.ResponseWriter, r *http.Request, rec stor
 	}
 	eff := in.Effective()
 	for n, v := range eff {
-		if v.Secure {
+		var sv string
+		if v.Secure || (json.Unmarshal(v.Value, &sv) == nil && s.box.IsSealed(sv)) {
+			// Sealed values stay masked even once their param is no longer
+			// declared secure.
+			v.Secure = true
 			v.Value = json.RawMessage(maskedValue)
 			eff[n] = v
 		}
@@ -337,6 +347,11 @@ func (s *Server) apply(ctx context.Context, p *principal, docs []json.RawMessage
 		}
 		results = append(results, res)
 	}
+	sealOps, err := s.sealStoredValues(ctx, p, batchParams, seen, now)
+	if err != nil {
+		return nil, err
+	}
+	ops = append(ops, sealOps...)
 	if len(ops) == 0 {
 		rev, err := s.st.Revision(ctx)
 		return &api.ApplyResponse{Revision: rev, Results: results}, err
@@ -433,6 +448,71 @@ func (s *Server) prepare(obj api.Object, existing store.Record, exists bool, dec
 	return nil
 }
 
+// sealStoredValues seals, in the same transaction, the values stored in
+// clear for params this apply declares secure: values set before the
+// declaration must not stay readable at rest or in the API. Objects in the
+// batch (skip) are sealed by prepare.
+func (s *Server) sealStoredValues(ctx context.Context, p *principal, batch map[string]*api.Param, skip map[string]int, now time.Time) ([]store.Op, error) {
+	var secure []string
+	for name, pa := range batch {
+		if pa.Secure {
+			secure = append(secure, name)
+		}
+	}
+	if len(secure) == 0 {
+		return nil, nil
+	}
+	var ops []store.Op
+	for _, kind := range []string{api.KindMachine, api.KindProfile} {
+		recs, _, err := s.st.List(ctx, kind, store.ListOptions{})
+		if err != nil {
+			return nil, err
+		}
+		for _, rec := range recs {
+			if _, inBatch := skip[kind+"/"+rec.Name]; inBatch {
+				continue
+			}
+			obj, err := model.DecodeNew(rec)
+			if err != nil {
+				return nil, err
+			}
+			var params map[string]json.RawMessage
+			switch o := obj.(type) {
+			case *api.Machine:
+				params = o.Params
+			case *api.Profile:
+				params = o.Params
+			}
+			changed := false
+			for _, name := range secure {
+				v, ok := params[name]
+				if !ok {
+					continue
+				}
+				var sv string
+				if json.Unmarshal(v, &sv) == nil && s.box.IsSealed(sv) {
+					continue
+				}
+				sealed, err := s.box.Seal(v)
+				if err != nil {
+					return nil, err
+				}
+				params[name], _ = json.Marshal(sealed)
+				changed = true
+			}
+			if !changed {
+				continue
+			}
+			op, err := updateOpFor(obj)
+			if err != nil {
+				return nil, err
+			}
+			ops = append(ops, op, s.auditOp(p, "updated", kind+"/"+rec.Name, "sealed the values of params declared secure", now, 100000+len(ops)))
+		}
+	}
+	return ops, nil
+}
+
 // existingParams returns the stored params of the object being replaced,
 // so that re-applying a masked value keeps the stored secret.
 func existingParams(rec store.Record, exists bool, newObj func() api.Object) map[string]json.RawMessage {
@@ -466,7 +546,15 @@ func (s *Server) sealParams(params map[string]json.RawMessage, declared map[stri
 			return &model.FieldError{Field: "params." + name, Err: errors.New("the masked value ******** can only be re-applied over a stored secret")}
 		}
 		var sv string
-		if json.Unmarshal(v, &sv) == nil && strings.HasPrefix(sv, "enc:v1:") {
+		if json.Unmarshal(v, &sv) == nil && s.box.IsSealed(sv) {
+			// Only a value this endpoint sealed passes as sealed; anything
+			// else that merely looks sealed would be kept in clear.
+			if !decl.Secure {
+				continue
+			}
+			if _, err := s.box.Open(sv); err != nil {
+				return &model.FieldError{Field: "params." + name, Err: fmt.Errorf("the value looks sealed but this endpoint cannot open it (%v): give the plain value", err)}
+			}
 			continue
 		}
 		if err := model.CheckParamValue(decl, v); err != nil {
