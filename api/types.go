@@ -238,7 +238,6 @@ type JoinToken struct {
 	ExpiresAt  time.Time `json:"expiresAt"`
 	SecretHash string    `json:"secretHash,omitempty"`
 	CreatedBy  string    `json:"createdBy,omitempty"`
-	Uses       int       `json:"uses,omitempty"`
 	// Labels given to machines registered with this token.
 	MachineLabels map[string]string `json:"machineLabels,omitempty"`
 }

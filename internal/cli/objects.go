@@ -270,7 +270,7 @@ func printTable(w io.Writer, kind string, items []json.RawMessage, wide bool) er
 	case api.KindToken:
 		fmt.Fprintln(tw, "ID\tUSER\tMACHINE\tROLE\tEXPIRES")
 	case api.KindJoinToken:
-		fmt.Fprintln(tw, "ID\tEXPIRES\tUSES\tCREATED BY")
+		fmt.Fprintln(tw, "ID\tEXPIRES\tCREATED BY")
 	case api.KindAudit:
 		fmt.Fprintln(tw, "TIME\tUSER\tACTION\tTARGET\tDETAIL")
 	default:
@@ -341,7 +341,7 @@ func printTable(w io.Writer, kind string, items []json.RawMessage, wide bool) er
 			}
 			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\n", o.Name, dash(o.User), dash(o.Machine), o.Role, exp)
 		case *api.JoinToken:
-			fmt.Fprintf(tw, "%s\t%s\t%d\t%s\n", o.Name, o.ExpiresAt.Local().Format(time.RFC3339), o.Uses, o.CreatedBy)
+			fmt.Fprintf(tw, "%s\t%s\t%s\n", o.Name, o.ExpiresAt.Local().Format(time.RFC3339), o.CreatedBy)
 		case *api.Audit:
 			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\n", o.Time.Local().Format(time.RFC3339), o.User, o.Action, o.Target, dash(o.Detail))
 		default:

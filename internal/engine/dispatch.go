@@ -33,7 +33,10 @@ type dispatcher struct {
 	// arrives, so the stale "running" event cannot bring them back.
 	finished map[string]int64
 	waiters  map[string]chan struct{}
-	order    []string // queued job names, oldest first (wake order)
+	// blocked lists machines whose agent waits while their job is queued
+	// behind the global limit, in the order they started waiting: a freed
+	// slot wakes the first of them still in that situation.
+	blocked []string
 }
 
 func newDispatcher(max int) *dispatcher {
@@ -53,16 +56,18 @@ func (d *dispatcher) reset(entries map[string]*jobEntry) {
 	d.byMachine = map[string]string{}
 	d.finished = map[string]int64{}
 	d.running = 0
-	d.order = d.order[:0]
+	d.blocked = d.blocked[:0]
 	for _, e := range entries {
 		d.byMachine[e.machine] = e.name
 		if e.state == api.JobRunning {
 			d.running++
-		} else {
-			d.order = append(d.order, e.name)
 		}
 	}
-	d.wakeLocked()
+	// Every waiting agent looks again at the rebuilt index.
+	for m, ch := range d.waiters {
+		close(ch)
+		delete(d.waiters, m)
+	}
 }
 
 // observe records a job's state at a revision.
@@ -89,9 +94,6 @@ func (d *dispatcher) observeLocked(name, machine, run, state string, queuedAt ti
 			cur = &jobEntry{name: name, machine: machine, run: run, queuedAt: queuedAt}
 			d.jobs[name] = cur
 			d.byMachine[machine] = name
-			if state == api.JobQueued {
-				d.order = append(d.order, name)
-			}
 		}
 		if cur.state != api.JobRunning && state == api.JobRunning {
 			d.running++
@@ -99,7 +101,7 @@ func (d *dispatcher) observeLocked(name, machine, run, state string, queuedAt ti
 		cur.state = state
 		cur.rev = rev
 		if state == api.JobQueued {
-			d.wakeMachineLocked(machine)
+			d.offerLocked(machine)
 		}
 	default:
 		d.removeLocked(name)
@@ -146,31 +148,46 @@ func (d *dispatcher) removeLocked(name string) {
 	}
 }
 
-// wakeLocked wakes the waiting agent of the oldest queued job, if a slot is
-// free.
+// wakeLocked gives a free slot to the agent that has waited longest with a
+// queued job.
 func (d *dispatcher) wakeLocked() {
-	for d.running < d.max && len(d.order) > 0 {
-		name := d.order[0]
-		d.order[0] = ""
-		d.order = d.order[1:]
-		e := d.jobs[name]
-		if e == nil || e.state != api.JobQueued {
+	for d.running < d.max && len(d.blocked) > 0 {
+		m := d.blocked[0]
+		d.blocked[0] = ""
+		d.blocked = d.blocked[1:]
+		if d.queuedFor(m) == "" {
 			continue
 		}
-		if ch, ok := d.waiters[e.machine]; ok {
+		if ch, ok := d.waiters[m]; ok {
 			close(ch)
-			delete(d.waiters, e.machine)
+			delete(d.waiters, m)
 			return
 		}
-		// Its agent is not waiting now; it will find the job on its next poll.
+		// Its agent stopped waiting; its next poll finds the job itself.
 	}
 }
 
-func (d *dispatcher) wakeMachineLocked(machine string) {
-	if ch, ok := d.waiters[machine]; ok && d.running < d.max {
+// offerLocked tells a waiting agent that its machine has a queued job: it is
+// woken if a slot is free, else it joins the blocked line.
+func (d *dispatcher) offerLocked(machine string) {
+	ch, ok := d.waiters[machine]
+	if !ok {
+		return
+	}
+	if d.running < d.max {
 		close(ch)
 		delete(d.waiters, machine)
+		return
 	}
+	d.blocked = append(d.blocked, machine)
+}
+
+func (d *dispatcher) queuedFor(machine string) string {
+	name := d.byMachine[machine]
+	if e := d.jobs[name]; e != nil && e.state == api.JobQueued {
+		return name
+	}
+	return ""
 }
 
 // Stats is a snapshot for metrics and tests.
@@ -247,6 +264,10 @@ func (e *Engine) NextJob(ctx context.Context, machine, running string, wait time
 		if !ok {
 			ch = make(chan struct{})
 			d.waiters[machine] = ch
+			if name != "" && entry.state == api.JobQueued {
+				// Queued behind the global limit: wait in line.
+				d.blocked = append(d.blocked, machine)
+			}
 		}
 		d.mu.Unlock()
 		select {

@@ -125,22 +125,12 @@ func (s *Server) handleRegister(w http.ResponseWriter, r *http.Request) {
 		for _, t := range old {
 			ops = append(ops, store.Op{Type: store.OpDelete, Kind: api.KindToken, Name: t.Name, ExpectRevision: t.Revision})
 		}
-		jt.Uses++
-		jop, err := updateOpFor(jt)
-		if err != nil {
-			writeError(w, err)
-			return
-		}
-		ops = append(ops, jop)
+		// The join token is not written: concurrent registrations with one
+		// token must not conflict. The audit entry names the token used.
 		ops = append(ops, s.auditOp(&principal{User: "join-token:" + jt.Name}, "registered", "Machine/"+m.Name, "", now, 9))
 		tok, _, err := s.issueToken(ctx, auth.PrefixAgent, "", m.Name, api.RoleAgent, 0, ops...)
 		if errors.Is(err, store.ErrConflict) || errors.Is(err, store.ErrExists) || errors.Is(err, store.ErrNotFound) {
-			// Someone changed the machine or the token meanwhile: read again.
-			jt, err = s.joinToken(r)
-			if err != nil {
-				writeError(w, err)
-				return
-			}
+			// Someone changed the machine meanwhile: read again.
 			continue
 		}
 		if err != nil {

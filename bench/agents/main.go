@@ -1,0 +1,312 @@
+// Command agents measures one drover server against many simulated agents
+// in one process speaking the real protocol over HTTPS: all register, all
+// run a 3-task no-op workflow. It prints the total time, the server's peak
+// RSS and `get machines` latency while the work runs.
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"sort"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"time"
+
+	"github.com/drover-project/drover/api"
+	"github.com/drover-project/drover/internal/agent"
+	"github.com/drover-project/drover/internal/inventory"
+)
+
+const content = `[
+{"kind":"Task","name":"noop-1","script":"true"},
+{"kind":"Task","name":"noop-2","script":"true"},
+{"kind":"Task","name":"noop-3","script":"true"},
+{"kind":"Workflow","name":"noop","tasks":["noop-1","noop-2","noop-3"]},
+{"kind":"Profile","name":"global","params":{"commission/workflow":"noop"}}
+]`
+
+func main() {
+	n := flag.Int("agents", 10000, "simulated agents")
+	maxJobs := flag.Int("max-concurrent-jobs", 10, "the server's global job limit")
+	bin := flag.String("drover", os.Getenv("DROVER_BIN"), "drover binary")
+	flag.Parse()
+	if *bin == "" {
+		*bin = "bin/drover"
+	}
+	if err := run(*bin, *n, *maxJobs); err != nil {
+		fmt.Fprintln(os.Stderr, "bench:", err)
+		os.Exit(1)
+	}
+}
+
+func freeAddr() (string, error) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return "", err
+	}
+	defer ln.Close()
+	return ln.Addr().String(), nil
+}
+
+func run(bin string, n, maxJobs int) error {
+	dir, err := os.MkdirTemp("", "drover-bench-")
+	if err != nil {
+		return err
+	}
+	defer os.RemoveAll(dir)
+	addr, err := freeAddr()
+	if err != nil {
+		return err
+	}
+	const password = "bench-admin-password"
+	logf, _ := os.Create(filepath.Join(dir, "server.log"))
+	srv := exec.Command(bin, "server", "--data-dir", filepath.Join(dir, "server"), "--listen", addr,
+		"--max-concurrent-jobs", strconv.Itoa(maxJobs), "--log-level", "warn")
+	srv.Env = append(os.Environ(), "DROVER_ADMIN_PASSWORD="+password)
+	srv.Stdout, srv.Stderr = logf, logf
+	if err := srv.Start(); err != nil {
+		return err
+	}
+	defer func() {
+		_ = srv.Process.Signal(syscall.SIGTERM)
+		_ = srv.Wait()
+	}()
+	caFile := filepath.Join(dir, "server", "tls", "ca.crt")
+	endpoint := "https://" + addr
+	ctx := context.Background()
+	var c *api.Client
+	for i := 0; ; i++ {
+		if ca, err := os.ReadFile(caFile); err == nil {
+			if c, err = api.NewClient(endpoint, ca, ""); err == nil {
+				if l, err := c.Login(ctx, "admin", password, ""); err == nil {
+					c.Token = l.Token
+					break
+				}
+			}
+		}
+		if i > 300 {
+			return fmt.Errorf("server did not start (see %s)", filepath.Join(dir, "server.log"))
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	var docs []json.RawMessage
+	if err := json.Unmarshal([]byte(content), &docs); err != nil {
+		return err
+	}
+	if _, err := c.Apply(ctx, docs); err != nil {
+		return err
+	}
+	jt, err := c.CreateJoinToken(ctx, "2h", nil)
+	if err != nil {
+		return err
+	}
+	ca, _ := os.ReadFile(caFile)
+	tr := c.HTTP.Transport.(*http.Transport).Clone()
+	tr.MaxIdleConnsPerHost = 256
+	shared := &http.Client{Transport: tr}
+	quiet := slog.New(slog.NewTextHandler(io.Discard, nil))
+	var jobs atomic.Int64
+	exec := agent.FuncExecutor(func(ctx context.Context, req agent.ExecRequest) (int, error) {
+		jobs.Add(1)
+		return 0, nil
+	})
+
+	fmt.Printf("drover server vs %d simulated agents (real HTTPS, one process), --max-concurrent-jobs %d, %d cores\n", n, maxJobs, numCPU())
+	start := time.Now()
+	agentCtx, stop := context.WithCancel(ctx)
+	var wg sync.WaitGroup
+	for i := 0; i < n; i++ {
+		name := fmt.Sprintf("sim%05d", i)
+		seed := i
+		a, err := agent.New(agent.Config{
+			Endpoint: endpoint, CAPEM: ca, JoinToken: jt.Token,
+			StateDir: filepath.Join(dir, "agents", name), Name: name,
+			Executor:  exec,
+			Inventory: func(context.Context) (api.Inventory, error) { return inventory.Simulated(name, seed), nil },
+			HTTP:      shared, Logger: quiet,
+		})
+		if err != nil {
+			stop()
+			return err
+		}
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			if err := a.Run(agentCtx); err != nil && agentCtx.Err() == nil {
+				fmt.Fprintf(os.Stderr, "agent %s stopped: %v\n", name, err)
+			}
+		}()
+	}
+	defer func() {
+		stop()
+		wg.Wait()
+	}()
+
+	// Sample `get machines` latency and the server's memory all along.
+	var latMu sync.Mutex
+	var lats []time.Duration
+	var peakRSS atomic.Int64
+	sampleCtx, stopSampling := context.WithCancel(ctx)
+	defer stopSampling()
+	var sampler sync.WaitGroup
+	sampler.Add(1)
+	go func() {
+		defer sampler.Done()
+		for sampleCtx.Err() == nil {
+			if d, err := getMachines(sampleCtx, c); err == nil {
+				latMu.Lock()
+				lats = append(lats, d)
+				latMu.Unlock()
+			}
+			if rss := rssKB(srv.Process.Pid); rss > peakRSS.Load() {
+				peakRSS.Store(rss)
+			}
+			time.Sleep(200 * time.Millisecond)
+		}
+	}()
+
+	count := func(state string) (int, int, error) {
+		l, err := c.List(ctx, "machines", "")
+		if err != nil {
+			return 0, 0, err
+		}
+		in := 0
+		for _, raw := range l.Items {
+			var m struct {
+				Status struct{ State string } `json:"status"`
+			}
+			_ = json.Unmarshal(raw, &m)
+			if m.Status.State == state {
+				in++
+			}
+		}
+		return len(l.Items), in, nil
+	}
+	for {
+		total, _, err := count("")
+		if err == nil && total == n {
+			break
+		}
+		time.Sleep(500 * time.Millisecond)
+	}
+	registered := time.Since(start)
+	fmt.Printf("  all %d registered in %s\n", n, registered.Round(time.Millisecond))
+	t1 := time.Now()
+	resp, err := c.Action(ctx, api.ActionCommission, "all", "")
+	if err != nil {
+		return err
+	}
+	started := 0
+	for _, r := range resp.Results {
+		if r.Error == "" {
+			started++
+		}
+	}
+	fmt.Printf("  commission started on %d machines in %s\n", started, time.Since(t1).Round(time.Millisecond))
+	last := time.Now()
+	for {
+		_, ready, err := count("ready")
+		if err == nil && ready == n {
+			break
+		}
+		if time.Since(last) > 10*time.Second {
+			fmt.Printf("  ... %d/%d ready, %d jobs run, %s\n", ready, n, jobs.Load(), time.Since(start).Round(time.Second))
+			last = time.Now()
+		}
+		if time.Since(start) > 30*time.Minute {
+			return fmt.Errorf("not done after 30 minutes")
+		}
+		time.Sleep(500 * time.Millisecond)
+	}
+	total := time.Since(start)
+	stopSampling()
+	sampler.Wait()
+	// A few more latency samples on the settled server.
+	for i := 0; i < 20; i++ {
+		if d, err := getMachines(ctx, c); err == nil {
+			lats = append(lats, d)
+		}
+	}
+	if rss := rssKB(srv.Process.Pid); rss > peakRSS.Load() {
+		peakRSS.Store(rss)
+	}
+	hwm := hwmKB(srv.Process.Pid)
+	if hwm > peakRSS.Load() {
+		peakRSS.Store(hwm)
+	}
+	sort.Slice(lats, func(i, j int) bool { return lats[i] < lats[j] })
+	p := func(q float64) time.Duration { return lats[int(q*float64(len(lats)-1))] }
+	fmt.Printf("  workflow (3 no-op tasks) done on all %d in %s after registration; %d jobs\n", n, (total - registered).Round(time.Millisecond), jobs.Load())
+	fmt.Printf("RESULT total %s (target < 5m: %s)\n", total.Round(time.Millisecond), verdict(total < 5*time.Minute))
+	fmt.Printf("RESULT peak server RSS %.0f MiB (target < 1024 MiB: %s)\n", float64(peakRSS.Load())/1024, verdict(peakRSS.Load() < 1<<20))
+	fmt.Printf("RESULT GET machines to last byte (%d items) p50 %s p99 %s over %d requests (target p99 < 100ms: %s)\n", n, p(0.5).Round(100*time.Microsecond), p(0.99).Round(100*time.Microsecond), len(lats), verdict(p(0.99) < 100*time.Millisecond))
+	fmt.Printf("reference: Digital Rebar publishes about 1,000 machines on 4 cores and 4 GB\n")
+	return nil
+}
+
+// getMachines times GET /api/v1/objects/machines to its last byte: the
+// server's latency, without the client's JSON decoding.
+func getMachines(ctx context.Context, c *api.Client) (time.Duration, error) {
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, c.Endpoint+"/api/v1/objects/machines", nil)
+	if err != nil {
+		return 0, err
+	}
+	req.Header.Set("Authorization", "Bearer "+c.Token)
+	t0 := time.Now()
+	resp, err := c.HTTP.Do(req)
+	if err != nil {
+		return 0, err
+	}
+	defer resp.Body.Close()
+	if _, err := io.Copy(io.Discard, resp.Body); err != nil {
+		return 0, err
+	}
+	if resp.StatusCode != http.StatusOK {
+		return 0, fmt.Errorf("status %s", resp.Status)
+	}
+	return time.Since(t0), nil
+}
+
+func verdict(ok bool) string {
+	if ok {
+		return "met"
+	}
+	return "MISSED"
+}
+
+func numCPU() int {
+	b, _ := os.ReadFile("/proc/cpuinfo")
+	return strings.Count(string(b), "processor\t:")
+}
+
+func statusKB(pid int, field string) int64 {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
+	if err != nil {
+		return 0
+	}
+	for _, line := range strings.Split(string(b), "\n") {
+		if strings.HasPrefix(line, field+":") {
+			f := strings.Fields(line)
+			if len(f) >= 2 {
+				v, _ := strconv.ParseInt(f[1], 10, 64)
+				return v
+			}
+		}
+	}
+	return 0
+}
+
+func rssKB(pid int) int64 { return statusKB(pid, "VmRSS") }
+func hwmKB(pid int) int64 { return statusKB(pid, "VmHWM") }
