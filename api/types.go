@@ -85,13 +85,15 @@ type MachineStatus struct {
 	// Run is the workflow run in progress (empty when idle).
 	Run string `json:"run,omitempty"`
 	// LastRun is the most recent finished run and how it ended.
-	LastRun       string     `json:"lastRun,omitempty"`
-	LastRunResult string     `json:"lastRunResult,omitempty"`
-	Message       string     `json:"message,omitempty"`
-	AgentID       string     `json:"agentID,omitempty"`
-	RegisteredAt  *time.Time `json:"registeredAt,omitempty"`
-	Inventory     *Inventory `json:"inventory,omitempty"`
-	StateChanged  *time.Time `json:"stateChanged,omitempty"`
+	LastRun       string `json:"lastRun,omitempty"`
+	LastRunResult string `json:"lastRunResult,omitempty"`
+	Message       string `json:"message,omitempty"`
+	AgentID       string `json:"agentID,omitempty"`
+	// AgentToken is the id of the agent's current credential.
+	AgentToken   string     `json:"agentToken,omitempty"`
+	RegisteredAt *time.Time `json:"registeredAt,omitempty"`
+	Inventory    *Inventory `json:"inventory,omitempty"`
+	StateChanged *time.Time `json:"stateChanged,omitempty"`
 }
 
 // Profile is a named bundle of params. The profile named "global" applies

@@ -113,9 +113,6 @@ func run(bin string, n, maxJobs int) error {
 		return err
 	}
 	ca, _ := os.ReadFile(caFile)
-	tr := c.HTTP.Transport.(*http.Transport).Clone()
-	tr.MaxIdleConnsPerHost = 256
-	shared := &http.Client{Transport: tr}
 	quiet := slog.New(slog.NewTextHandler(io.Discard, nil))
 	var jobs atomic.Int64
 	exec := agent.FuncExecutor(func(ctx context.Context, req agent.ExecRequest) (int, error) {
@@ -123,7 +120,7 @@ func run(bin string, n, maxJobs int) error {
 		return 0, nil
 	})
 
-	fmt.Printf("drover server vs %d simulated agents (real HTTPS, one process), --max-concurrent-jobs %d, %d cores\n", n, maxJobs, numCPU())
+	fmt.Printf("drover server vs %d simulated agents (one process; each agent its own HTTPS connection), --max-concurrent-jobs %d, %d cores\n", n, maxJobs, numCPU())
 	start := time.Now()
 	agentCtx, stop := context.WithCancel(ctx)
 	var wg sync.WaitGroup
@@ -135,7 +132,7 @@ func run(bin string, n, maxJobs int) error {
 			StateDir: filepath.Join(dir, "agents", name), Name: name,
 			Executor:  exec,
 			Inventory: func(context.Context) (api.Inventory, error) { return inventory.Simulated(name, seed), nil },
-			HTTP:      shared, Logger: quiet,
+			Logger: quiet,
 		})
 		if err != nil {
 			stop()

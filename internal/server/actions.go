@@ -6,6 +6,8 @@ import (
 	"fmt"
 	"net/http"
 	"strconv"
+	"sync"
+	"sync/atomic"
 	"strings"
 	"time"
 
@@ -72,26 +74,42 @@ func (s *Server) handleAction(w http.ResponseWriter, r *http.Request, p *princip
 		writeError(w, err)
 		return
 	}
-	resp := api.ActionResponse{Action: action}
-	failed := 0
-	for _, name := range names {
-		run, err := s.eng.StartAction(r.Context(), name, action, req.Workflow, p.String())
-		res := api.ActionResult{Machine: name}
-		if err != nil {
-			res.Error = err.Error()
-			failed++
-		} else {
-			res.Run = run.Name
-		}
-		resp.Results = append(resp.Results, res)
+	resp := api.ActionResponse{Action: action, Results: make([]api.ActionResult, len(names))}
+	// Start machines in parallel: each start is its own transaction, and
+	// concurrent transactions share commits in the store.
+	var failed atomic.Int64
+	work := make(chan int)
+	var wg sync.WaitGroup
+	for w := 0; w < min(32, len(names)); w++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := range work {
+				res := api.ActionResult{Machine: names[i]}
+				run, err := s.eng.StartAction(r.Context(), names[i], action, req.Workflow, p.String())
+				if err != nil {
+					res.Error = err.Error()
+					failed.Add(1)
+				} else {
+					res.Run = run.Name
+				}
+				resp.Results[i] = res
+			}
+		}()
 	}
-	if failed < len(names) {
+	for i := range names {
+		work <- i
+	}
+	close(work)
+	wg.Wait()
+	failedCount := int(failed.Load())
+	if failedCount < len(names) {
 		now := time.Now().UTC()
-		a := s.auditOp(p, action, "machines/"+req.Nodes, fmt.Sprintf("%d started, %d refused", len(names)-failed, failed), now, 0)
+		a := s.auditOp(p, action, "machines/"+req.Nodes, fmt.Sprintf("%d started, %d refused", len(names)-failedCount, failedCount), now, 0)
 		_, _, _ = s.st.Txn(r.Context(), []store.Op{a})
 	}
 	status := http.StatusOK
-	if failed == len(names) {
+	if failedCount == len(names) {
 		// Nothing started: say why with a client error, the body has the
 		// per-machine reasons.
 		status = http.StatusConflict

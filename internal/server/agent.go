@@ -105,30 +105,36 @@ func (s *Server) handleRegister(w http.ResponseWriter, r *http.Request) {
 		if m.Status.State == "" {
 			m.Status.State = api.StateDiscovered
 		}
+		tok, tokenOp, err := s.newToken(auth.PrefixAgent, "", m.Name, api.RoleAgent, 0)
+		if err != nil {
+			writeError(w, err)
+			return
+		}
+		prevToken := m.Status.AgentToken
+		m.Status.AgentToken = tokenOp.Name
 		lbls, data, err := model.Encode(&m)
 		if err != nil {
 			writeError(w, err)
 			return
 		}
+		m.Status.AgentToken = prevToken
 		mop := store.Op{Type: store.OpCreate, Kind: api.KindMachine, Name: m.Name, Labels: lbls, Data: data}
 		if exists {
 			mop.Type = store.OpUpdate
 			mop.ExpectRevision = rec.Revision
 		}
-		// Older credentials of this machine stop working.
+		// The machine's previous credential stops working.
 		ops := []store.Op{mop}
-		old, _, err := s.st.List(ctx, api.KindToken, store.ListOptions{Selector: labelIs{"machine", m.Name}})
-		if err != nil {
-			writeError(w, err)
-			return
-		}
-		for _, t := range old {
-			ops = append(ops, store.Op{Type: store.OpDelete, Kind: api.KindToken, Name: t.Name, ExpectRevision: t.Revision})
+		if prev := m.Status.AgentToken; prev != "" {
+			if t, err := s.st.Get(ctx, api.KindToken, prev); err == nil {
+				ops = append(ops, store.Op{Type: store.OpDelete, Kind: api.KindToken, Name: prev, ExpectRevision: t.Revision})
+			}
 		}
 		// The join token is not written: concurrent registrations with one
 		// token must not conflict. The audit entry names the token used.
 		ops = append(ops, s.auditOp(&principal{User: "join-token:" + jt.Name}, "registered", "Machine/"+m.Name, "", now, 9))
-		tok, _, err := s.issueToken(ctx, auth.PrefixAgent, "", m.Name, api.RoleAgent, 0, ops...)
+		ops = append(ops, tokenOp)
+		_, _, err = s.st.Txn(ctx, ops)
 		if errors.Is(err, store.ErrConflict) || errors.Is(err, store.ErrExists) || errors.Is(err, store.ErrNotFound) {
 			// Someone changed the machine meanwhile: read again.
 			continue

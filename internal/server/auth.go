@@ -158,10 +158,26 @@ func (s *Server) handleLogin(w http.ResponseWriter, r *http.Request) {
 }
 
 // issueToken stores a new token and returns its secret form.
-func (s *Server) issueToken(ctx context.Context, prefix, user, machine, role string, ttl time.Duration, extra ...store.Op) (string, time.Time, error) {
-	tok, id, hash, err := auth.NewToken(prefix)
+func (s *Server) issueToken(ctx context.Context, prefix, user, machine, role string, ttl time.Duration) (string, time.Time, error) {
+	tok, op, err := s.newToken(prefix, user, machine, role, ttl)
 	if err != nil {
 		return "", time.Time{}, err
+	}
+	if _, _, err := s.st.Txn(ctx, []store.Op{op}); err != nil {
+		return "", time.Time{}, err
+	}
+	var exp time.Time
+	if ttl > 0 {
+		exp = time.Now().UTC().Add(ttl)
+	}
+	return tok, exp, nil
+}
+
+// newToken makes a token and the op that stores it.
+func (s *Server) newToken(prefix, user, machine, role string, ttl time.Duration) (string, store.Op, error) {
+	tok, id, hash, err := auth.NewToken(prefix)
+	if err != nil {
+		return "", store.Op{}, err
 	}
 	now := time.Now().UTC()
 	t := &api.Token{Meta: api.Meta{Kind: api.KindToken, Name: id}, User: user, Machine: machine, Role: role, SecretHash: hash, CreatedAt: now}
@@ -178,11 +194,7 @@ func (s *Server) issueToken(ctx context.Context, prefix, user, machine, role str
 	}
 	labels, data, err := model.Encode(t)
 	if err != nil {
-		return "", exp, err
+		return "", store.Op{}, err
 	}
-	ops := append([]store.Op{{Type: store.OpCreate, Kind: api.KindToken, Name: id, Labels: labels, Data: data}}, extra...)
-	if _, _, err := s.st.Txn(ctx, ops); err != nil {
-		return "", exp, err
-	}
-	return tok, exp, nil
+	return tok, store.Op{Type: store.OpCreate, Kind: api.KindToken, Name: id, Labels: labels, Data: data}, nil
 }

@@ -196,6 +196,9 @@ func (s *Server) Serve(ctx context.Context) error {
 		_ = s.eng.Run(ctx)
 	}()
 	tlsCfg := s.tls.TLSConfig()
+	// HTTP/2 lets an agent's long poll, heartbeats and log uploads share one
+	// connection.
+	tlsCfg.NextProtos = []string{"h2", "http/1.1"}
 	s.http = &http.Server{
 		Handler:           s.routes(ctx),
 		TLSConfig:         tlsCfg,
