@@ -11,23 +11,36 @@ import (
 	"errors"
 	"fmt"
 	"strings"
+	"sync"
 
 	"golang.org/x/crypto/bcrypt"
 )
 
-// bcryptCost is bcrypt's default: about 50 ms a check on this class of CPU,
+// DefaultCost is bcrypt's default: about 50 ms a check on this class of CPU,
 // paid only at login; sessions then use tokens, checked by a SHA-256.
-const bcryptCost = bcrypt.DefaultCost
+const DefaultCost = bcrypt.DefaultCost
 
-// HashPassword hashes a password for storage.
+// HashPassword hashes a password for storage at the default cost.
 func HashPassword(password string) (string, error) {
+	return HashPasswordCost(password, DefaultCost)
+}
+
+// HashPasswordCost hashes a password at a bcrypt cost (0: DefaultCost).
+// The cost is kept in the hash, so hashes of any cost check alike.
+func HashPasswordCost(password string, cost int) (string, error) {
 	if len(password) < 8 {
 		return "", errors.New("password must have at least 8 characters")
 	}
 	if len(password) > 72 {
 		return "", errors.New("password must have at most 72 bytes")
 	}
-	h, err := bcrypt.GenerateFromPassword([]byte(password), bcryptCost)
+	if cost == 0 {
+		cost = DefaultCost
+	}
+	if cost < bcrypt.MinCost || cost > bcrypt.MaxCost {
+		return "", fmt.Errorf("bcrypt cost %d is out of range %d..%d", cost, bcrypt.MinCost, bcrypt.MaxCost)
+	}
+	h, err := bcrypt.GenerateFromPassword([]byte(password), cost)
 	if err != nil {
 		return "", err
 	}
@@ -39,13 +52,31 @@ func CheckPassword(hash, password string) bool {
 	return bcrypt.CompareHashAndPassword([]byte(hash), []byte(password)) == nil
 }
 
-// dummyHash is compared against when a user does not exist, so that a login
-// for an unknown user takes as long as one with a wrong password.
-var dummyHash, _ = bcrypt.GenerateFromPassword([]byte("drover-timing-equaliser"), bcryptCost)
+// dummyHashes are compared against when a user does not exist, so that a
+// login for an unknown user takes as long as one with a wrong password.
+// They are made on first use, one per cost.
+var dummyHashes = struct {
+	sync.Mutex
+	byCost map[int][]byte
+}{byCost: map[int][]byte{}}
 
-// BurnPasswordCheck spends the time of one password check.
-func BurnPasswordCheck(password string) {
-	_ = bcrypt.CompareHashAndPassword(dummyHash, []byte(password))
+func dummyHash(cost int) []byte {
+	if cost == 0 {
+		cost = DefaultCost
+	}
+	dummyHashes.Lock()
+	defer dummyHashes.Unlock()
+	h, ok := dummyHashes.byCost[cost]
+	if !ok {
+		h, _ = bcrypt.GenerateFromPassword([]byte("drover-timing-equaliser"), cost)
+		dummyHashes.byCost[cost] = h
+	}
+	return h
+}
+
+// BurnPasswordCheck spends the time of one password check at a cost.
+func BurnPasswordCheck(password string, cost int) {
+	_ = bcrypt.CompareHashAndPassword(dummyHash(cost), []byte(password))
 }
 
 // Token prefixes tell what a secret is for when it shows up in a log or a

@@ -139,7 +139,7 @@ func (s *Server) handleLogin(w http.ResponseWriter, r *http.Request) {
 	bad := apiError(http.StatusUnauthorized, "unauthorized", "wrong username or password")
 	var u api.User
 	if err := getObj(r.Context(), s.st, api.KindUser, req.Username, &u); err != nil {
-		auth.BurnPasswordCheck(req.Password)
+		auth.BurnPasswordCheck(req.Password, s.cfg.PasswordHashCost)
 		s.metrics.authFailures.Add(1)
 		writeError(w, bad)
 		return

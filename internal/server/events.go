@@ -52,6 +52,10 @@ func (s *Server) handleEvents(w http.ResponseWriter, r *http.Request, p *princip
 				writeError(w, badRequest("kinds: %v", err))
 				return
 			}
+			if !canRead(p, info.Kind) {
+				writeError(w, forbidden(p, "watch "+info.Plural))
+				return
+			}
 			kinds[info.Kind] = true
 		}
 	}

@@ -9,6 +9,7 @@ import (
 	"log/slog"
 	"net/http"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -16,6 +17,7 @@ import (
 	"github.com/drover-project/drover/api"
 	"github.com/drover-project/drover/internal/inventory"
 	"github.com/drover-project/drover/internal/store"
+	"golang.org/x/crypto/bcrypt"
 )
 
 const testAdminPassword = "admin-password-for-tests"
@@ -27,6 +29,9 @@ type env struct {
 	url   string
 	admin *api.Client
 	ctx   context.Context
+
+	mu   sync.Mutex
+	base *api.Client
 }
 
 // startServer starts a real server (store, engine, HTTPS API) in a temp dir.
@@ -36,7 +41,10 @@ func startServer(t *testing.T, mod func(*Config)) *env {
 		DataDir:       t.TempDir(),
 		Listen:        "127.0.0.1:0",
 		AdminPassword: testAdminPassword,
-		Logger:        slog.New(slog.NewTextHandler(io.Discard, nil)),
+		// bcrypt at its default cost takes over a second under the race
+		// detector; the cost does not change what the tests check.
+		PasswordHashCost: bcrypt.MinCost,
+		Logger:           slog.New(slog.NewTextHandler(io.Discard, nil)),
 	}
 	if mod != nil {
 		mod(&cfg)
@@ -52,7 +60,15 @@ func startServer(t *testing.T, mod func(*Config)) *env {
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	go func() { done <- srv.Serve(ctx) }()
+	e := &env{t: t, srv: srv, url: "https://" + srv.Addr(), ctx: ctx}
 	t.Cleanup(func() {
+		// Clients hang up first: the server would otherwise give each
+		// HTTP/2 connection a second to do it after its GOAWAY.
+		e.mu.Lock()
+		if e.base != nil {
+			e.base.HTTP.CloseIdleConnections()
+		}
+		e.mu.Unlock()
 		cancel()
 		select {
 		case err := <-done:
@@ -69,7 +85,6 @@ func startServer(t *testing.T, mod func(*Config)) *env {
 	case <-time.After(20 * time.Second):
 		t.Fatal("engine not ready")
 	}
-	e := &env{t: t, srv: srv, url: "https://" + srv.Addr(), ctx: ctx}
 	anon := e.client("")
 	lr, err := anon.Login(context.Background(), "admin", testAdminPassword, "")
 	if err != nil {
@@ -79,14 +94,20 @@ func startServer(t *testing.T, mod func(*Config)) *env {
 	return e
 }
 
-// client makes a client trusting the server's CA with a token.
+// client returns a client trusting the server's CA with a token. All
+// clients share one transport, closed when the test ends.
 func (e *env) client(token string) *api.Client {
 	e.t.Helper()
-	c, err := api.NewClient(e.url, e.srv.CACertPEM(), token)
-	if err != nil {
-		e.t.Fatal(err)
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	if e.base == nil {
+		c, err := api.NewClient(e.url, e.srv.CACertPEM(), "")
+		if err != nil {
+			e.t.Fatal(err)
+		}
+		e.base = c
 	}
-	return c
+	return e.base.WithToken(token)
 }
 
 // user creates a user with a role and returns a logged-in client.

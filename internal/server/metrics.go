@@ -37,5 +37,7 @@ func (s *Server) handleMetrics(w http.ResponseWriter, r *http.Request, _ *princi
 	p("drover_agents_waiting", "Agents holding a long poll for work.", "gauge", st.Waiting)
 	p("drover_store_revision", "Current store revision.", "gauge", rev)
 	p("drover_go_heap_bytes", "Go heap in use.", "gauge", ms.HeapInuse)
+	p("drover_go_stack_bytes", "Go goroutine stacks.", "gauge", ms.StackInuse)
+	p("drover_go_goroutines", "Goroutines.", "gauge", runtime.NumGoroutine())
 	p("drover_uptime_seconds", "Seconds since start.", "gauge", int64(time.Since(s.started).Seconds()))
 }

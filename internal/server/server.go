@@ -23,6 +23,7 @@ import (
 	"github.com/drover-project/drover/internal/secrets"
 	"github.com/drover-project/drover/internal/store"
 	"github.com/drover-project/drover/internal/store/bolt"
+	"golang.org/x/crypto/bcrypt"
 )
 
 // Config configures a site endpoint.
@@ -43,6 +44,10 @@ type Config struct {
 	// RetainEvents is how many revisions of history the store keeps for
 	// watchers to resume from.
 	RetainEvents int
+	// PasswordHashCost is the bcrypt cost of new password hashes (0: the
+	// default, 10). Lower it only where logins need not resist guessing,
+	// such as tests.
+	PasswordHashCost int
 }
 
 // Server is a running site endpoint.
@@ -71,6 +76,9 @@ func New(cfg Config) (*Server, error) {
 	}
 	if cfg.Logger == nil {
 		cfg.Logger = slog.Default()
+	}
+	if c := cfg.PasswordHashCost; c != 0 && (c < bcrypt.MinCost || c > bcrypt.MaxCost) {
+		return nil, fmt.Errorf("password hash cost %d is out of range %d..%d", c, bcrypt.MinCost, bcrypt.MaxCost)
 	}
 	if err := os.MkdirAll(cfg.DataDir, 0o700); err != nil {
 		return nil, fmt.Errorf("data dir: %w", err)
@@ -128,7 +136,7 @@ func (s *Server) bootstrapAdmin(ctx context.Context) error {
 			return err
 		}
 	}
-	hash, err := auth.HashPassword(password)
+	hash, err := auth.HashPasswordCost(password, s.cfg.PasswordHashCost)
 	if err != nil {
 		return fmt.Errorf("DROVER_ADMIN_PASSWORD: %w", err)
 	}
