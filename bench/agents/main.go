@@ -243,6 +243,9 @@ func run(bin string, n, maxJobs int) error {
 	if hwm > peakRSS.Load() {
 		peakRSS.Store(hwm)
 	}
+	if m, err := metrics(ctx, c, "drover_go_heap_bytes", "drover_go_stack_bytes", "drover_go_goroutines", "drover_store_revision"); err == nil {
+		fmt.Printf("  server at the end: %s\n", m)
+	}
 	sort.Slice(lats, func(i, j int) bool { return lats[i] < lats[j] })
 	p := func(q float64) time.Duration { return lats[int(q*float64(len(lats)-1))] }
 	fmt.Printf("  workflow (3 no-op tasks) done on all %d in %s after registration; %d jobs\n", n, (total - registered).Round(time.Millisecond), jobs.Load())
@@ -274,6 +277,32 @@ func getMachines(ctx context.Context, c *api.Client) (time.Duration, error) {
 		return 0, fmt.Errorf("status %s", resp.Status)
 	}
 	return time.Since(t0), nil
+}
+
+// metrics reads some gauges from the server's /metrics.
+func metrics(ctx context.Context, c *api.Client, names ...string) (string, error) {
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, c.Endpoint+"/metrics", nil)
+	if err != nil {
+		return "", err
+	}
+	resp, err := c.HTTP.Do(req)
+	if err != nil {
+		return "", err
+	}
+	defer resp.Body.Close()
+	b, err := io.ReadAll(resp.Body)
+	if err != nil {
+		return "", err
+	}
+	var out []string
+	for _, line := range strings.Split(string(b), "\n") {
+		for _, n := range names {
+			if strings.HasPrefix(line, n+" ") {
+				out = append(out, line)
+			}
+		}
+	}
+	return strings.Join(out, ", "), nil
 }
 
 func verdict(ok bool) string {

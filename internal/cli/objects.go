@@ -2,6 +2,7 @@ package cli
 
 import (
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"os"
@@ -44,12 +45,27 @@ func newApplyCmd() *cobra.Command {
 				}
 				parsed, err := model.SplitYAML(r)
 				if err != nil {
-					return fmt.Errorf("%s: %w", f, err)
+					return fmt.Errorf("%s: %w (nothing was applied)", f, err)
 				}
-				// Check each document locally first, for errors with line
+				// Check each document here first, for errors with line
 				// numbers; the server checks again.
 				for _, d := range parsed {
-					if _, err := model.ParseDocument(d); err != nil {
+					obj, err := model.ParseDocument(d)
+					if err == nil {
+						if verr := model.Validate(obj); verr != nil {
+							m := obj.GetMeta()
+							de := &model.DocError{Index: d.Index, Line: d.Line, Kind: m.Kind, Name: m.Name, Err: verr}
+							var fe *model.FieldError
+							if errors.As(verr, &fe) {
+								de.Field, de.Err = fe.Field, fe.Err
+								if l, ok := d.Lines[fe.Field]; ok {
+									de.Line = l
+								}
+							}
+							err = de
+						}
+					}
+					if err != nil {
 						return fmt.Errorf("%s: %w (nothing was applied)", f, err)
 					}
 					docs = append(docs, d.JSON)
