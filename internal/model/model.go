@@ -15,8 +15,6 @@ import (
 
 	"github.com/drover-project/drover/api"
 	"github.com/drover-project/drover/internal/store"
-	"gopkg.in/yaml.v3"
-	sigsyaml "sigs.k8s.io/yaml"
 )
 
 // KindInfo describes a kind.
@@ -105,6 +103,27 @@ func Raw(rec store.Record) []byte {
 	return b.Bytes()
 }
 
+// WriteRaw writes what Raw returns without building it in memory first.
+func WriteRaw(w io.Writer, rec store.Record) error {
+	if len(rec.Data) < 2 || rec.Data[0] != '{' {
+		_, err := w.Write(rec.Data)
+		return err
+	}
+	var head [64]byte
+	b := append(head[:0], `{"revision":`...)
+	b = strconv.AppendInt(b, rec.Revision, 10)
+	b = append(b, `,"createRevision":`...)
+	b = strconv.AppendInt(b, rec.CreateRevision, 10)
+	if len(rec.Data) > 2 {
+		b = append(b, ',')
+	}
+	if _, err := w.Write(b); err != nil {
+		return err
+	}
+	_, err := w.Write(rec.Data[1:])
+	return err
+}
+
 // Decode fills obj from a record.
 func Decode(rec store.Record, obj api.Object) error {
 	if err := json.Unmarshal(rec.Data, obj); err != nil {
@@ -132,39 +151,9 @@ type Document struct {
 	// Line is where it starts in its file, when known.
 	Line int
 	JSON []byte
-}
-
-// SplitYAML splits a multi-document YAML (or JSON) stream into JSON
-// documents. Empty documents are skipped.
-func SplitYAML(r io.Reader) ([]Document, error) {
-	dec := yaml.NewDecoder(r)
-	var docs []Document
-	for i := 1; ; i++ {
-		var node yaml.Node
-		err := dec.Decode(&node)
-		if errors.Is(err, io.EOF) {
-			break
-		}
-		if err != nil {
-			return nil, fmt.Errorf("document %d: invalid YAML: %w", i, err)
-		}
-		if node.Kind == 0 || (node.Kind == yaml.DocumentNode && len(node.Content) == 0) {
-			continue
-		}
-		raw, err := yaml.Marshal(&node)
-		if err != nil {
-			return nil, fmt.Errorf("document %d: %w", i, err)
-		}
-		js, err := sigsyaml.YAMLToJSON(raw)
-		if err != nil {
-			return nil, fmt.Errorf("document %d (line %d): %w", i, node.Line, err)
-		}
-		if bytes.Equal(bytes.TrimSpace(js), []byte("null")) {
-			continue
-		}
-		docs = append(docs, Document{Index: len(docs) + 1, Line: node.Line, JSON: js})
-	}
-	return docs, nil
+	// Lines maps field paths ("script", "params.size", "tasks[0]") to
+	// their lines in the file, when known.
+	Lines map[string]int
 }
 
 // DocError names the document an error is about.
@@ -210,10 +199,20 @@ func ParseDocument(doc Document) (api.Object, error) {
 		Name string `json:"name"`
 	}
 	derr := func(field string, err error) error {
-		return &DocError{Index: doc.Index, Line: doc.Line, Kind: head.Kind, Name: head.Name, Field: field, Err: err}
+		field, line := doc.LineOf(field)
+		return &DocError{Index: doc.Index, Line: line, Kind: head.Kind, Name: head.Name, Field: field, Err: err}
+	}
+	switch c := firstByte(doc.JSON); c {
+	case '{':
+	case '[':
+		return nil, derr("", errors.New("a document must be a mapping with kind and name, not a list"))
+	case 0:
+		return nil, derr("", errors.New("empty document"))
+	default:
+		return nil, derr("", errors.New("a document must be a mapping with kind and name, not a single value"))
 	}
 	if err := json.Unmarshal(doc.JSON, &head); err != nil {
-		return nil, derr("", fmt.Errorf("not an object with kind and name: %v", err))
+		return nil, derr(fieldOf(err), fmt.Errorf("not a mapping with kind and name: %v", cleanJSONError(err)))
 	}
 	if head.Kind == "" {
 		return nil, derr("kind", errors.New("missing kind"))

@@ -188,8 +188,9 @@ func (noLoader) Load(url string) (any, error) {
 }
 
 // schemaBase names a param's schema. It is not a file: with a relative URL
-// the library would resolve references against the server's directory.
-const schemaBase = "drover:param/"
+// the library would resolve references against the server's directory. It
+// is hierarchical so that relative references resolve (and are refused).
+const schemaBase = "https://drover.invalid/param/"
 
 // CompileSchema compiles a param's JSON schema. References to anything but
 // the schema itself are refused.
