@@ -18,7 +18,7 @@ lint:
 	$(GO) vet ./...
 
 unit:
-	$(GO) test -count=1 ./...
+	$(GO) test -count=1 $$($(GO) list ./... | grep -v /test/e2e)
 	$(GO) test -count=1 -race $(RACE_PKGS)
 
 # End-to-end tests: real server and agent processes on loopback.
