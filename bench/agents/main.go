@@ -132,7 +132,7 @@ func run(bin string, n, maxJobs int) error {
 			StateDir: filepath.Join(dir, "agents", name), Name: name,
 			Executor:  exec,
 			Inventory: func(context.Context) (api.Inventory, error) { return inventory.Simulated(name, seed), nil },
-			Logger: quiet,
+			Logger:    quiet,
 		})
 		if err != nil {
 			stop()
