@@ -13,6 +13,7 @@ import (
 
 	"github.com/drover-project/drover/api"
 	"github.com/drover-project/drover/internal/model"
+	"github.com/drover-project/drover/internal/secrets"
 )
 
 // Opener decrypts sealed (secure) param values.
@@ -142,7 +143,11 @@ func (in *Input) decode(name string, raw json.RawMessage) (any, error) {
 	if err := dec.Decode(&val); err != nil {
 		return nil, fmt.Errorf("param %q: bad stored value: %v", name, err)
 	}
-	if s, ok := val.(string); ok && in.Secrets != nil && in.Secrets.IsSealed(s) {
+	if s, ok := val.(string); ok && secrets.IsSealed(s) {
+		if in.Secrets == nil {
+			// Never render the ciphertext in place of the value.
+			return nil, fmt.Errorf("param %q is sealed and there is no key to open it", name)
+		}
 		plain, err := in.Secrets.Open(s)
 		if err != nil {
 			return nil, fmt.Errorf("param %q: cannot decrypt: %v", name, err)
@@ -181,7 +186,7 @@ func Render(in *Input, name, body string) (string, error) {
 			return string(b), err
 		},
 		"shellQuote": shellQuote,
-		"join":       strings.Join,
+		"join":       Join,
 	}
 	root := template.New(name).Option("missingkey=error").Funcs(funcs)
 	names := make([]string, 0, len(in.Templates))
@@ -210,6 +215,24 @@ func Render(in *Input, name, body string) (string, error) {
 		return "", fmt.Errorf("render %q for machine %q: %v", name, in.Machine.Name, err)
 	}
 	return out.String(), nil
+}
+
+// Join joins the elements of a list with sep. Lists from params are []any,
+// so any slice is accepted; elements are formatted as by fmt.Sprint.
+func Join(list any, sep string) (string, error) {
+	switch l := list.(type) {
+	case []string:
+		return strings.Join(l, sep), nil
+	case []any:
+		parts := make([]string, len(l))
+		for i, v := range l {
+			parts[i] = fmt.Sprint(v)
+		}
+		return strings.Join(parts, sep), nil
+	case nil:
+		return "", nil
+	}
+	return "", fmt.Errorf("join: %T is not a list", list)
 }
 
 // shellQuote quotes a value for POSIX sh.
