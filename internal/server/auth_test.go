@@ -532,3 +532,23 @@ func TestAuditEntriesForWrites(t *testing.T) {
 	_, err = e.admin.ApplyObjects(ctx, &api.Audit{Meta: api.Meta{Kind: api.KindAudit, Name: "forged"}, User: "someone"})
 	apiErr(t, err, 400)
 }
+
+// A session of a user who was removed behind the API's back (so its tokens
+// stayed) does not pass for a new user of the same name.
+func TestTokenOlderThanItsUserIsRefused(t *testing.T) {
+	e := startServer(t, nil)
+	ctx := context.Background()
+	old := e.user("frank", api.RoleAdmin)
+	if _, err := store.Delete(ctx, e.srv.Store(), api.KindUser, "frank", 0); err != nil {
+		t.Fatal(err)
+	}
+	e.mustApply(e.admin, &api.User{Meta: api.Meta{Kind: api.KindUser, Name: "frank"}, Role: api.RoleAdmin, Password: "new-frank-password"})
+	if _, err := e.srv.Store().Get(ctx, api.KindToken, tokenID(old.Token)); err != nil {
+		t.Fatalf("the old token should still be stored for this test: %v", err)
+	}
+	_, err := old.List(ctx, "users", "")
+	apiErr(t, err, 401)
+	if _, err := e.login("frank", "new-frank-password").List(ctx, "users", ""); err != nil {
+		t.Errorf("the new frank: %v", err)
+	}
+}

@@ -6,6 +6,7 @@ import (
 	"net/http"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/drover-project/drover/api"
 )
@@ -88,6 +89,8 @@ func TestBadInputChangesNothing(t *testing.T) {
 		{"password hash given", apply(`{"kind":"User","name":"u","role":"admin","passwordHash":"$2a$10$abc"}`), 400, "invalid", []string{"passwordHash"}},
 		{"document not an object", apply(`[1,2]`), 400, "invalid", []string{"document 1"}},
 		{"no documents", apply(), 400, "bad_request", []string{"no documents"}},
+		{"demoting the last admin", apply(`{"kind":"User","name":"admin","role":"operator"}`), 409, "conflict", []string{"document 1", `User "admin"`, "role", "no enabled admin"}},
+		{"disabling the last admin", apply(good1, `{"kind":"User","name":"admin","role":"admin","disabled":true}`), 409, "conflict", []string{"document 2", "disabled", "no enabled admin"}},
 		{"non-JSON body", rawCall("POST", "/api/v1/apply", "application/json", "kind: Profile\nname: x\n"), 400, "bad_request", []string{"body"}},
 		{"trailing garbage", rawCall("POST", "/api/v1/apply", "application/json", `{"documents":[]} {}`), 400, "bad_request", []string{"body"}},
 		{"unknown request field", rawCall("POST", "/api/v1/apply", "application/json", `{"docs":[]}`), 400, "bad_request", []string{"docs"}},
@@ -184,5 +187,37 @@ func TestApplyAllOrNothingThenGood(t *testing.T) {
 	}
 	if _, err := e.admin.Apply(ctx, []json.RawMessage{b}); err != nil {
 		t.Fatalf("re-applying a GET: %v", err)
+	}
+}
+
+// Unfinished jobs and running runs cannot be deleted: the engine would run
+// their task again. Finished ones can.
+func TestDeleteRunningJobOrRun(t *testing.T) {
+	e := startServer(t, nil)
+	ctx := context.Background()
+	ag := e.agent("n1")
+	e.mustApply(e.admin,
+		&api.Task{Meta: api.Meta{Kind: api.KindTask, Name: "t1"}, Script: "true"},
+		&api.Workflow{Meta: api.Meta{Kind: api.KindWorkflow, Name: "wf"}, Tasks: []string{"t1"}},
+	)
+	job := e.startJob(ag, "n1", "wf")
+	var j api.Job
+	if err := e.admin.Get(ctx, "jobs", job, &j); err != nil {
+		t.Fatal(err)
+	}
+	apiErr(t, e.admin.Delete(ctx, "jobs", job), 409)
+	apiErr(t, e.admin.Delete(ctx, "runs", j.Run), 409)
+	if err := ag.Do(ctx, "POST", "/api/v1/agent/jobs/"+job+"/complete", api.JobResult{ExitCode: 0}, nil); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "the run to finish", 10*time.Second, func() bool {
+		var run api.Run
+		return e.admin.Get(ctx, "runs", j.Run, &run) == nil && run.State != api.RunRunning
+	})
+	if err := e.admin.Delete(ctx, "jobs", job); err != nil {
+		t.Errorf("deleting a finished job: %v", err)
+	}
+	if err := e.admin.Delete(ctx, "runs", j.Run); err != nil {
+		t.Errorf("deleting a finished run: %v", err)
 	}
 }

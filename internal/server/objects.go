@@ -308,6 +308,9 @@ func (s *Server) apply(ctx context.Context, p *principal, docs []json.RawMessage
 		}
 		objs = append(objs, obj)
 	}
+	if err := s.keepAnAdmin(ctx, objs); err != nil {
+		return nil, err
+	}
 	declared, err := s.declaredParams(ctx, batchParams)
 	if err != nil {
 		return nil, err
@@ -468,6 +471,53 @@ func (s *Server) prepare(obj api.Object, existing store.Record, exists bool, dec
 		}
 	}
 	return nil
+}
+
+// keepAnAdmin refuses an apply that would leave no enabled admin: nobody
+// could manage users any more, and drover has no back door.
+func (s *Server) keepAnAdmin(ctx context.Context, objs []api.Object) error {
+	demoted := -1
+	batch := map[string]*api.User{}
+	for i, obj := range objs {
+		if u, ok := obj.(*api.User); ok {
+			batch[u.Name] = u
+			if (u.Role != api.RoleAdmin || u.Disabled) && demoted < 0 {
+				demoted = i
+			}
+		}
+	}
+	if demoted < 0 {
+		return nil
+	}
+	recs, _, err := s.st.List(ctx, api.KindUser, store.ListOptions{})
+	if err != nil {
+		return err
+	}
+	admins := 0
+	for _, rec := range recs {
+		if _, inBatch := batch[rec.Name]; inBatch {
+			continue
+		}
+		var u api.User
+		if model.Decode(rec, &u) == nil && u.Role == api.RoleAdmin && !u.Disabled {
+			admins++
+		}
+	}
+	for _, u := range batch {
+		if u.Role == api.RoleAdmin && !u.Disabled {
+			admins++
+		}
+	}
+	if admins > 0 {
+		return nil
+	}
+	u := objs[demoted].(*api.User)
+	field := "role"
+	if u.Disabled {
+		field = "disabled"
+	}
+	return &model.DocError{Index: demoted + 1, Kind: u.Kind, Name: u.Name, Field: field,
+		Err: fmt.Errorf("this would leave no enabled admin: make another user admin first: %w", store.ErrConflict)}
 }
 
 // sealStoredValues seals, in the same transaction, the values stored in
@@ -639,10 +689,25 @@ func (s *Server) handleDelete(w http.ResponseWriter, r *http.Request, p *princip
 		writeError(w, apiError(http.StatusConflict, "conflict", "you cannot delete your own user"))
 		return
 	}
-	if k.Kind == api.KindMachine {
+	switch k.Kind {
+	case api.KindMachine:
 		var m api.Machine
 		if err := getObj(r.Context(), s.st, api.KindMachine, name, &m); err == nil && m.Status.Run != "" {
 			writeError(w, apiError(http.StatusConflict, "conflict", "machine %q is running %s; wait for it to finish before deleting", name, m.Status.Run))
+			return
+		}
+	case api.KindJob:
+		// The engine would make an unfinished job again, and run its task a
+		// second time.
+		var j api.Job
+		if err := getObj(r.Context(), s.st, api.KindJob, name, &j); err == nil && !j.Finished() {
+			writeError(w, apiError(http.StatusConflict, "conflict", "job %q is %s; it can be deleted once it has finished", name, j.State))
+			return
+		}
+	case api.KindRun:
+		var run api.Run
+		if err := getObj(r.Context(), s.st, api.KindRun, name, &run); err == nil && run.State == api.RunRunning {
+			writeError(w, apiError(http.StatusConflict, "conflict", "run %q is running; it can be deleted once it has finished", name))
 			return
 		}
 	}
