@@ -69,8 +69,12 @@ func TestEventsReplayFromAnyRevisionThenFollow(t *testing.T) {
 	errc := make(chan error, 1)
 	go func() {
 		_, err := e.admin.Watch(wctx, last, nil, func(ev api.Event) error {
-			got <- ev
-			return nil
+			select {
+			case got <- ev:
+				return nil
+			case <-wctx.Done():
+				return wctx.Err()
+			}
 		})
 		errc <- err
 	}()
@@ -94,7 +98,12 @@ func TestEventsReplayFromAnyRevisionThenFollow(t *testing.T) {
 		t.Fatal(err)
 	}
 	for {
-		ev := <-got
+		var ev api.Event
+		select {
+		case ev = <-got:
+		case <-wctx.Done():
+			t.Fatal("no delete event")
+		}
 		if ev.Kind == api.KindProfile && ev.Name == "live" {
 			if ev.Type != "delete" || ev.Object != nil {
 				t.Errorf("delete event: %+v", ev)

@@ -6,6 +6,7 @@ import (
 	"net/http"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/drover-project/drover/api"
 	"github.com/drover-project/drover/internal/model"
@@ -127,8 +128,12 @@ func TestSecureParams(t *testing.T) {
 	events := make(chan api.Event, 100)
 	go func() {
 		_, _ = e.admin.Watch(wctx, 1, []string{"Profile", "Machine", "Param"}, func(ev api.Event) error {
-			events <- ev
-			return nil
+			select {
+			case events <- ev:
+				return nil
+			case <-wctx.Done():
+				return wctx.Err()
+			}
 		})
 	}()
 
@@ -199,7 +204,12 @@ func TestSecureParams(t *testing.T) {
 	end := e.rev()
 	sawSecure := false
 	for done := false; !done; {
-		ev := <-events
+		var ev api.Event
+		select {
+		case ev = <-events:
+		case <-time.After(10 * time.Second):
+			t.Fatalf("no event up to revision %d", end)
+		}
 		b, _ := json.Marshal(ev)
 		if strings.Contains(string(b), secretValue) || strings.Contains(string(b), "another-secret") || strings.Contains(string(b), "enc:v1:") {
 			t.Errorf("event shows the secret: %s", b)
