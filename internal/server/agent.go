@@ -98,7 +98,7 @@ func (s *Server) handleRegister(w http.ResponseWriter, r *http.Request) {
 		}
 		inv := req.Inventory
 		m.Status.Inventory = &inv
-		m.Status.AgentID = req.AgentID
+		m.Status.AgentID = agentIDHash(req.AgentID)
 		m.Status.Reachable = true
 		m.Status.LastSeen = &now
 		m.Status.RegisteredAt = &now
@@ -157,7 +157,8 @@ func (s *Server) handleRegister(w http.ResponseWriter, r *http.Request) {
 // that agent is not alive elsewhere.
 func adoptable(m *api.Machine, req *api.RegisterRequest) error {
 	st := &m.Status
-	if st.AgentID == "" || st.AgentID == req.AgentID {
+	if st.AgentID == "" || st.AgentID == agentIDHash(req.AgentID) || st.AgentID == req.AgentID {
+		// (The last: machines registered before agent IDs were hashed.)
 		return nil
 	}
 	if st.Inventory != nil && sameHardware(st.Inventory, &req.Inventory) && !st.Reachable {
@@ -165,6 +166,13 @@ func adoptable(m *api.Machine, req *api.RegisterRequest) error {
 	}
 	return apiError(http.StatusConflict, "exists",
 		"machine %q is already registered by another agent; give this one another --name, or delete the machine first (drover delete machine %s)", m.Name, m.Name)
+}
+
+// agentIDHash is what the store keeps of an agent's ID. The ID is the
+// agent's proof of identity when it registers again, and machines are
+// readable by every viewer, so only a hash is kept and shown.
+func agentIDHash(id string) string {
+	return "sha256:" + auth.HashSecret(id)
 }
 
 func sameHardware(a, b *api.Inventory) bool {

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"errors"
 	"io"
 	"net/http"
 	"strings"
@@ -11,6 +12,7 @@ import (
 	"time"
 
 	"github.com/drover-project/drover/api"
+	"github.com/drover-project/drover/internal/inventory"
 	"github.com/drover-project/drover/internal/model"
 	"github.com/drover-project/drover/internal/store"
 )
@@ -550,5 +552,66 @@ func TestTokenOlderThanItsUserIsRefused(t *testing.T) {
 	apiErr(t, err, 401)
 	if _, err := e.login("frank", "new-frank-password").List(ctx, "users", ""); err != nil {
 		t.Errorf("the new frank: %v", err)
+	}
+}
+
+// What the API shows about a machine's agent is not enough to register as
+// that agent: with a join token and read access one must not get another
+// machine's credential (and with it the machine's jobs and secrets).
+func TestAgentIdentityCannotBeTakenFromTheAPI(t *testing.T) {
+	e := startServer(t, nil)
+	ctx := context.Background()
+	victim := e.agent("m1")
+	viewer := e.user("viewy", api.RoleViewer)
+	var m api.Machine
+	if err := viewer.Get(ctx, "machines", "m1", &m); err != nil {
+		t.Fatal(err)
+	}
+	if m.Status.AgentID == "" {
+		t.Skip("the API shows no agent identity")
+	}
+	jt, err := e.admin.CreateJoinToken(ctx, "1h", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// An attacker on other hardware claims the identity it read, as shown
+	// and without a "kind:" prefix.
+	shown := m.Status.AgentID
+	claims := []string{shown}
+	if _, rest, ok := strings.Cut(shown, ":"); ok {
+		claims = append(claims, rest)
+	}
+	for _, id := range claims {
+		req := api.RegisterRequest{Name: "m1", AgentID: id, Inventory: inventory.Simulated("evil", 424242)}
+		var resp api.RegisterResponse
+		err = e.client(jt.Token).Do(ctx, http.MethodPost, "/api/v1/agent/register", req, &resp)
+		if err == nil {
+			t.Fatalf("registered as m1 with agent ID %q from the API; got a credential for %s", id, resp.Machine)
+		}
+		var ae *api.Error
+		if !errors.As(err, &ae) || ae.Status < 400 || ae.Status >= 500 {
+			t.Errorf("claiming %q: %v", id, err)
+		}
+	}
+	if err := victim.Do(ctx, http.MethodPost, "/api/v1/agent/heartbeat", nil, nil); err != nil {
+		t.Errorf("the real agent lost its credential: %v", err)
+	}
+
+	// The real agent, registering again with its own ID, gets its machine
+	// back, and its previous credential stops working.
+	own := api.RegisterRequest{Name: "m2", AgentID: "own-agent-id-0123456789", Inventory: inventory.Simulated("m2", 77)}
+	var first, second api.RegisterResponse
+	if err := e.client(jt.Token).Do(ctx, http.MethodPost, "/api/v1/agent/register", own, &first); err != nil {
+		t.Fatal(err)
+	}
+	if err := e.client(jt.Token).Do(ctx, http.MethodPost, "/api/v1/agent/register", own, &second); err != nil {
+		t.Fatalf("registering again with its own ID: %v", err)
+	}
+	if err := e.client(second.Token).Do(ctx, http.MethodPost, "/api/v1/agent/heartbeat", nil, nil); err != nil {
+		t.Errorf("new credential: %v", err)
+	}
+	apiErr(t, e.client(first.Token).Do(ctx, http.MethodPost, "/api/v1/agent/heartbeat", nil, nil), 401)
+	if strings.Contains(string(e.storeRecord(api.KindMachine, "m2").Data), own.AgentID) {
+		t.Error("the agent ID is stored in clear")
 	}
 }
