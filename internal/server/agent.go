@@ -144,7 +144,7 @@ func (s *Server) handleRegister(w http.ResponseWriter, r *http.Request) {
 			return
 		}
 		s.eng.Registered(m.Name)
-		s.log.Info("machine registered", "machine", m.Name, "agent", req.AgentID, "adopted", exists)
+		s.log.Info("machine registered", "machine", m.Name, "agent", m.Status.AgentID, "adopted", exists)
 		writeJSON(w, http.StatusOK, api.RegisterResponse{Machine: m.Name, Token: tok, HeartbeatInterval: s.eng.Config().HeartbeatInterval.String()})
 		return
 	}
