@@ -168,6 +168,11 @@ func (s *Server) handleJobLog(w http.ResponseWriter, r *http.Request, p *princip
 		if !follow {
 			return
 		}
+		if err := s.recheck(r.Context(), p); err != nil {
+			// The session ended while following: stop (a new request gets
+			// the 401 that says why).
+			return
+		}
 		if err := getObj(r.Context(), s.st, api.KindJob, name, &job); err != nil || job.Finished() {
 			// One more read: output appended just before the end.
 			if rest, _ := s.st.ReadLog(r.Context(), name, offset); len(rest) > 0 {

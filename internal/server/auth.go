@@ -19,6 +19,10 @@ type principal struct {
 	Machine string // machine name for an agent
 	Role    string
 	TokenID string
+	// ExpiresAt ends the session (nil: never).
+	ExpiresAt *time.Time
+	// tokenCreated is the revision that created the token.
+	tokenCreated int64
 }
 
 func (p *principal) String() string {
@@ -65,21 +69,57 @@ func (s *Server) authenticate(r *http.Request) (*principal, error) {
 	if t.ExpiresAt != nil && time.Now().After(*t.ExpiresAt) {
 		return nil, apiError(http.StatusUnauthorized, "token_expired", "token expired at %s: log in again", t.ExpiresAt.Format(time.RFC3339))
 	}
-	p := &principal{User: t.User, Machine: t.Machine, Role: t.Role, TokenID: t.Name}
-	if t.User != "" {
-		// A disabled or deleted user's sessions stop working at once.
-		var u api.User
-		if err := getObj(r.Context(), s.st, api.KindUser, t.User, &u); err != nil || u.Disabled {
-			return nil, errUnauthorized
-		}
-		// A token older than its user belongs to an earlier user of the
-		// same name.
-		if rec.CreateRevision < u.CreateRevision {
-			return nil, errUnauthorized
-		}
-		p.Role = u.Role
+	p := &principal{User: t.User, Machine: t.Machine, Role: t.Role, TokenID: t.Name, ExpiresAt: t.ExpiresAt, tokenCreated: rec.CreateRevision}
+	if err := s.checkUser(r.Context(), p); err != nil {
+		return nil, err
 	}
 	return p, nil
+}
+
+// checkUser checks that a session's user may still use it, and takes the
+// user's current role.
+func (s *Server) checkUser(ctx context.Context, p *principal) error {
+	if p.User == "" {
+		return nil
+	}
+	// A disabled or deleted user's sessions stop working at once.
+	var u api.User
+	if err := getObj(ctx, s.st, api.KindUser, p.User, &u); err != nil || u.Disabled {
+		if err != nil && !errors.Is(err, store.ErrNotFound) {
+			return err
+		}
+		return errUnauthorized
+	}
+	// A token older than its user belongs to an earlier user of the
+	// same name.
+	if p.tokenCreated < u.CreateRevision {
+		return errUnauthorized
+	}
+	p.Role = u.Role
+	return nil
+}
+
+// recheck checks again, for a long-running request, that its session is
+// still good: the token still stored and unexpired, its user still
+// allowed. It updates the role.
+func (s *Server) recheck(ctx context.Context, p *principal) error {
+	if p.ExpiresAt != nil && time.Now().After(*p.ExpiresAt) {
+		return apiError(http.StatusUnauthorized, "token_expired", "token expired at %s: log in again", p.ExpiresAt.Format(time.RFC3339))
+	}
+	rec, err := s.st.Get(ctx, api.KindToken, p.TokenID)
+	if errors.Is(err, store.ErrNotFound) || (err == nil && rec.CreateRevision != p.tokenCreated) {
+		return errUnauthorized
+	}
+	if err != nil {
+		return err
+	}
+	return s.checkUser(ctx, p)
+}
+
+// concernsSession reports whether a change to (kind, name) may end or
+// change p's session.
+func concernsSession(p *principal, kind, name string) bool {
+	return (kind == api.KindToken && name == p.TokenID) || (p.User != "" && kind == api.KindUser && name == p.User)
 }
 
 // withAuth wraps a handler that needs a logged-in caller.

@@ -82,11 +82,27 @@ func (s *Server) handleEvents(w http.ResponseWriter, r *http.Request, p *princip
 	flusher.Flush()
 	ping := time.NewTicker(15 * time.Second)
 	defer ping.Stop()
+	var expired <-chan time.Time
+	if p.ExpiresAt != nil {
+		t := time.NewTimer(time.Until(*p.ExpiresAt))
+		defer t.Stop()
+		expired = t.C
+	}
+	// endSession ends the stream when its session no longer holds: the
+	// client's resume then gets the 401 that says why.
+	endSession := func(err error) {
+		msg, _ := json.Marshal(map[string]string{"error": "session ended: " + err.Error(), "code": "unauthorized"})
+		fmt.Fprintf(w, "event: error\ndata: %s\n\n", msg)
+		flusher.Flush()
+	}
 	last := from
 	dirty := false
 	for {
 		select {
 		case <-r.Context().Done():
+			return
+		case <-expired:
+			endSession(errors.New("the token expired"))
 			return
 		case <-ping.C:
 			fmt.Fprintf(w, ": ping %d\n\n", last)
@@ -100,6 +116,14 @@ func (s *Server) handleEvents(w http.ResponseWriter, r *http.Request, p *princip
 				return
 			}
 			last = ev.Revision
+			if concernsSession(p, ev.Record.Kind, ev.Record.Name) {
+				// Look at the store, not the event: a replayed event may be
+				// long out of date.
+				if err := s.recheck(r.Context(), p); err != nil {
+					endSession(err)
+					return
+				}
+			}
 			if (len(kinds) > 0 && !kinds[ev.Record.Kind]) || !canRead(p, ev.Record.Kind) {
 				if dirty && len(ch) == 0 {
 					flusher.Flush()

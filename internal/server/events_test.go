@@ -218,3 +218,130 @@ func TestEventsHideUsersAndTokensFromViewers(t *testing.T) {
 		t.Errorf("viewer watching users: %v, want 403", err)
 	}
 }
+
+// An open event stream ends when its session does: the user disabled,
+// deleted or demoted, the token deleted or expired.
+func TestEventStreamEndsWithItsSession(t *testing.T) {
+	e := startServer(t, nil)
+	ctx := context.Background()
+	cases := []struct {
+		name string
+		end  func(c *api.Client)
+	}{
+		{"user disabled", func(c *api.Client) {
+			e.mustApply(e.admin, &api.User{Meta: api.Meta{Kind: api.KindUser, Name: "wud"}, Role: api.RoleViewer, Disabled: true})
+		}},
+		{"user deleted", func(c *api.Client) {
+			if err := e.admin.Delete(ctx, "users", "wud2"); err != nil {
+				t.Fatal(err)
+			}
+		}},
+		{"token deleted", func(c *api.Client) {
+			if err := e.admin.Delete(ctx, "tokens", tokenID(c.Token)); err != nil {
+				t.Fatal(err)
+			}
+		}},
+		{"token expired", nil},
+	}
+	names := []string{"wud", "wud2", "wud3", "wud4"}
+	for i, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			var cl *api.Client
+			if c.end == nil {
+				e.user(names[i], api.RoleViewer)
+				lr, err := e.client("").Login(ctx, names[i], "pw-"+names[i]+"-12345", "1s")
+				if err != nil {
+					t.Fatal(err)
+				}
+				cl = e.client(lr.Token)
+			} else {
+				cl = e.user(names[i], api.RoleViewer)
+			}
+			wctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+			defer cancel()
+			errc := make(chan error, 1)
+			started := make(chan struct{})
+			go func() {
+				_, err := cl.Watch(wctx, e.rev(), nil, func(ev api.Event) error {
+					if ev.Kind == api.KindProfile && ev.Name == "start-"+names[i] {
+						close(started)
+					}
+					return nil
+				})
+				errc <- err
+			}()
+			e.mustApply(e.admin, profile("start-"+names[i]))
+			select {
+			case <-started:
+			case err := <-errc:
+				t.Fatalf("watch ended early: %v", err)
+			}
+			if c.end != nil {
+				c.end(cl)
+			}
+			select {
+			case err := <-errc:
+				if !errors.Is(err, api.ErrResume) {
+					t.Errorf("watch ended with %v, want the server to end it", err)
+				}
+			case <-wctx.Done():
+				t.Fatal("the event stream outlived its session")
+			}
+			// Resuming is refused.
+			_, err := cl.Watch(ctx, 1, nil, func(api.Event) error { return nil })
+			apiErr(t, err, 401)
+		})
+	}
+}
+
+// A role change applies to an open stream at once: a demoted admin stops
+// seeing users and tokens.
+func TestEventStreamFollowsRoleChange(t *testing.T) {
+	e := startServer(t, nil)
+	boss := e.user("boss", api.RoleAdmin)
+	start := e.rev()
+	type result struct {
+		evs []api.Event
+		err error
+	}
+	done := make(chan result, 1)
+	ready := make(chan struct{})
+	go func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+		defer cancel()
+		var evs []api.Event
+		_, err := boss.Watch(ctx, start, nil, func(ev api.Event) error {
+			evs = append(evs, ev)
+			switch {
+			case ev.Kind == api.KindProfile && ev.Name == "ready":
+				close(ready)
+			case ev.Kind == api.KindProfile && ev.Name == "sentinel":
+				return errDone
+			}
+			return nil
+		})
+		done <- result{evs, err}
+	}()
+	e.mustApply(e.admin, profile("ready"))
+	<-ready
+	e.user("before", api.RoleViewer)
+	e.mustApply(e.admin, &api.User{Meta: api.Meta{Kind: api.KindUser, Name: "boss"}, Role: api.RoleViewer})
+	e.user("newbie", api.RoleViewer)
+	e.mustApply(e.admin, profile("sentinel"))
+	res := <-done
+	if !errors.Is(res.err, errDone) {
+		t.Fatalf("watch: %v", res.err)
+	}
+	sawBefore := false
+	for _, ev := range res.evs {
+		if ev.Kind == api.KindUser && ev.Name == "before" {
+			sawBefore = true
+		}
+		if ev.Kind == api.KindUser && ev.Name == "newbie" {
+			t.Errorf("a demoted admin saw %s %s", ev.Kind, ev.Name)
+		}
+	}
+	if !sawBefore {
+		t.Error("the admin did not see users before the demotion: the test tests nothing")
+	}
+}
