@@ -39,7 +39,12 @@ func (s *Server) handleEvents(w http.ResponseWriter, r *http.Request, p *princip
 			return
 		}
 	} else if v := r.Header.Get("Last-Event-ID"); v != "" {
-		from, _ = strconv.ParseInt(v, 10, 64)
+		// Without this check a bad header would replay the whole history.
+		from, err = strconv.ParseInt(v, 10, 64)
+		if err != nil || from < 0 {
+			writeError(w, badRequest("Last-Event-ID %q is not a revision", v))
+			return
+		}
 	} else if from, err = s.st.Revision(r.Context()); err != nil {
 		writeError(w, err)
 		return

@@ -1,10 +1,15 @@
 package server
 
 import (
+	"bufio"
 	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
+	"net/http"
+	"strconv"
+	"strings"
 	"testing"
 	"time"
 
@@ -343,5 +348,41 @@ func TestEventStreamFollowsRoleChange(t *testing.T) {
 	}
 	if !sawBefore {
 		t.Error("the admin did not see users before the demotion: the test tests nothing")
+	}
+}
+
+// Browsers resume an event stream with Last-Event-ID.
+func TestEventsLastEventID(t *testing.T) {
+	e := startServer(t, nil)
+	r1 := e.mustApply(e.admin, profile("a")).Revision
+	e.mustApply(e.admin, profile("b"))
+	get := func(id string) (int, string) {
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		req, _ := http.NewRequestWithContext(ctx, "GET", e.url+"/api/v1/events?kinds=Profile", nil)
+		req.Header.Set("Authorization", "Bearer "+e.admin.Token)
+		req.Header.Set("Last-Event-ID", id)
+		resp, err := e.admin.HTTP.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer resp.Body.Close()
+		if resp.StatusCode != 200 {
+			b, _ := io.ReadAll(resp.Body)
+			return resp.StatusCode, string(b)
+		}
+		sc := bufio.NewScanner(resp.Body)
+		for sc.Scan() {
+			if strings.HasPrefix(sc.Text(), "data: ") {
+				return 200, sc.Text()
+			}
+		}
+		return 200, ""
+	}
+	if status, body := get(strconv.FormatInt(r1, 10)); status != 200 || !strings.Contains(body, `"name":"b"`) {
+		t.Errorf("resume after %d: %d %s", r1, status, body)
+	}
+	if status, body := get("abc"); status != 400 || !strings.Contains(body, "Last-Event-ID") {
+		t.Errorf("bad Last-Event-ID: %d %s", status, body)
 	}
 }
