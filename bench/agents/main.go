@@ -285,6 +285,7 @@ func metrics(ctx context.Context, c *api.Client, names ...string) (string, error
 	if err != nil {
 		return "", err
 	}
+	req.Header.Set("Authorization", "Bearer "+c.Token)
 	resp, err := c.HTTP.Do(req)
 	if err != nil {
 		return "", err
