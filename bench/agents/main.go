@@ -41,6 +41,7 @@ func main() {
 	n := flag.Int("agents", 10000, "simulated agents")
 	maxJobs := flag.Int("max-concurrent-jobs", 10, "the server's global job limit")
 	bin := flag.String("drover", os.Getenv("DROVER_BIN"), "drover binary")
+	heapProfile = flag.String("heap-profile", "", "write the server's heap profile at the end to this file")
 	flag.Parse()
 	if *bin == "" {
 		*bin = "bin/drover"
@@ -50,6 +51,8 @@ func main() {
 		os.Exit(1)
 	}
 }
+
+var heapProfile *string
 
 func freeAddr() (string, error) {
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
@@ -246,6 +249,13 @@ func run(bin string, n, maxJobs int) error {
 	if m, err := metrics(ctx, c, "drover_go_heap_bytes", "drover_go_stack_bytes", "drover_go_goroutines", "drover_store_revision"); err == nil {
 		fmt.Printf("  server at the end: %s\n", m)
 	}
+	if *heapProfile != "" {
+		if err := fetchTo(ctx, c, "/debug/pprof/heap", *heapProfile); err != nil {
+			fmt.Println("  heap profile:", err)
+		} else {
+			fmt.Println("  heap profile written to", *heapProfile)
+		}
+	}
 	sort.Slice(lats, func(i, j int) bool { return lats[i] < lats[j] })
 	p := func(q float64) time.Duration { return lats[int(q*float64(len(lats)-1))] }
 	fmt.Printf("  workflow (3 no-op tasks) done on all %d in %s after registration; %d jobs\n", n, (total - registered).Round(time.Millisecond), jobs.Load())
@@ -277,6 +287,30 @@ func getMachines(ctx context.Context, c *api.Client) (time.Duration, error) {
 		return 0, fmt.Errorf("status %s", resp.Status)
 	}
 	return time.Since(t0), nil
+}
+
+// fetchTo saves an authenticated GET to a file.
+func fetchTo(ctx context.Context, c *api.Client, path, file string) error {
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, c.Endpoint+path, nil)
+	if err != nil {
+		return err
+	}
+	req.Header.Set("Authorization", "Bearer "+c.Token)
+	resp, err := c.HTTP.Do(req)
+	if err != nil {
+		return err
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		return fmt.Errorf("%s: %s", path, resp.Status)
+	}
+	f, err := os.Create(file)
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	_, err = io.Copy(f, resp.Body)
+	return err
 }
 
 // metrics reads some gauges from the server's /metrics.

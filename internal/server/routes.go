@@ -3,6 +3,9 @@ package server
 import (
 	"context"
 	"net/http"
+	"net/http/pprof"
+
+	"github.com/drover-project/drover/api"
 )
 
 func (s *Server) routes(ctx context.Context) http.Handler {
@@ -13,6 +16,24 @@ func (s *Server) routes(ctx context.Context) http.Handler {
 	// Only login and health are open: metrics tell an outsider how big the
 	// site is and how busy, so a scraper needs a token (a viewer is enough).
 	mux.HandleFunc("GET /metrics", s.userOnly(s.handleMetrics))
+	// Profiles for whoever runs the site: admins only, since they show
+	// what the server holds in memory.
+	mux.HandleFunc("GET /debug/pprof/{profile...}", s.userOnly(func(w http.ResponseWriter, r *http.Request, p *principal) {
+		if p.Role != api.RoleAdmin {
+			writeError(w, forbidden(p, "read profiles"))
+			return
+		}
+		switch name := r.PathValue("profile"); name {
+		case "", "index":
+			pprof.Index(w, r)
+		case "profile":
+			pprof.Profile(w, r)
+		case "trace":
+			pprof.Trace(w, r)
+		default:
+			pprof.Handler(name).ServeHTTP(w, r)
+		}
+	}))
 	mux.HandleFunc("POST /api/v1/login", s.handleLogin)
 	mux.HandleFunc("GET /api/v1/whoami", s.withAuth(s.handleWhoami))
 
