@@ -173,9 +173,13 @@ func (a *Agent) Run(ctx context.Context) error {
 		return err
 	}
 	hbCtx, stopHB := context.WithCancel(ctx)
-	defer stopHB()
 	var wg sync.WaitGroup
-	defer wg.Wait()
+	// Stop the heartbeat before waiting for it: on a fatal error Run must
+	// return, not wait for a loop nobody stopped.
+	defer func() {
+		stopHB()
+		wg.Wait()
+	}()
 	wg.Add(1)
 	go func() {
 		defer wg.Done()
@@ -263,7 +267,7 @@ func (a *Agent) ensureRegistered(ctx context.Context) error {
 			if err != nil {
 				return err
 			}
-			a.log.Info("registered", "machine", resp.Machine)
+			a.log.Info("registered")
 			return nil
 		}
 		var ae *api.Error

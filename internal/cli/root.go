@@ -48,9 +48,11 @@ type exitError struct {
 
 func (e exitError) Error() string { return e.msg }
 
+// explain gives the message for a failed command: an API error's own text
+// when it is the whole error, else the full chain, which carries the
+// context (an agent's "no join token to register again: ...").
 func explain(err error) string {
-	var ae *api.Error
-	if errors.As(err, &ae) {
+	if ae, ok := err.(*api.Error); ok {
 		return ae.Message
 	}
 	return err.Error()
