@@ -60,6 +60,20 @@ func addClientFlags(cmd *cobra.Command) {
 	cmd.Flags().String("ca-cert", "", "CA certificate to trust (default $DROVER_CA_CERT or the saved login)")
 }
 
+// endpointFlags gives --endpoint and --ca-cert, each falling back to
+// DROVER_ENDPOINT and DROVER_CA_CERT.
+func endpointFlags(cmd *cobra.Command) (endpoint, ca string) {
+	endpoint, _ = cmd.Flags().GetString("endpoint")
+	ca, _ = cmd.Flags().GetString("ca-cert")
+	if endpoint == "" {
+		endpoint = os.Getenv("DROVER_ENDPOINT")
+	}
+	if ca == "" {
+		ca = os.Getenv("DROVER_CA_CERT")
+	}
+	return endpoint, ca
+}
+
 // client builds an API client: flags, then the environment
 // (DROVER_ENDPOINT, DROVER_CA_CERT, DROVER_TOKEN or DROVER_USERNAME and
 // DROVER_PASSWORD), then the config saved by `drover login`.
@@ -68,14 +82,7 @@ func client(cmd *cobra.Command) (*api.Client, error) {
 	if err != nil {
 		return nil, err
 	}
-	endpoint, _ := cmd.Flags().GetString("endpoint")
-	ca, _ := cmd.Flags().GetString("ca-cert")
-	if endpoint == "" {
-		endpoint = os.Getenv("DROVER_ENDPOINT")
-	}
-	if ca == "" {
-		ca = os.Getenv("DROVER_CA_CERT")
-	}
+	endpoint, ca := endpointFlags(cmd)
 	token := os.Getenv("DROVER_TOKEN")
 	fromSaved := false
 	if endpoint == "" {

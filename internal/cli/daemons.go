@@ -112,14 +112,7 @@ func newLoginCmd() *cobra.Command {
 		Short: "Log in and save the endpoint and token for later commands",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			endpoint, _ := cmd.Flags().GetString("endpoint")
-			ca, _ := cmd.Flags().GetString("ca-cert")
-			if endpoint == "" {
-				endpoint = os.Getenv("DROVER_ENDPOINT")
-			}
-			if ca == "" {
-				ca = os.Getenv("DROVER_CA_CERT")
-			}
+			endpoint, ca := endpointFlags(cmd)
 			if endpoint == "" {
 				return fmt.Errorf("--endpoint is required (or DROVER_ENDPOINT)")
 			}

@@ -21,7 +21,6 @@ type reachability struct {
 	lastSeen  map[string]time.Time
 	reachable map[string]bool
 	persisted map[string]time.Time
-	kick      chan struct{}
 }
 
 func newReachability(e *Engine) *reachability {
@@ -30,7 +29,6 @@ func newReachability(e *Engine) *reachability {
 		lastSeen:  map[string]time.Time{},
 		reachable: map[string]bool{},
 		persisted: map[string]time.Time{},
-		kick:      make(chan struct{}, 1),
 	}
 }
 

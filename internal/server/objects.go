@@ -89,18 +89,28 @@ func maskParams(params map[string]json.RawMessage) {
 	}
 }
 
+// readableKind resolves the kind in the URL and checks the caller may read
+// it, answering the request itself when not.
+func readableKind(w http.ResponseWriter, r *http.Request, p *principal) (*model.KindInfo, bool) {
+	k, err := kindFromPath(r)
+	if err != nil {
+		writeError(w, err)
+		return nil, false
+	}
+	if !canRead(p, k.Kind) {
+		writeError(w, forbidden(p, "read "+k.Plural))
+		return nil, false
+	}
+	return k, true
+}
+
 func canRead(p *principal, kind string) bool {
 	return auth.Allowed(p.Role, auth.Read, kind)
 }
 
 func (s *Server) handleList(w http.ResponseWriter, r *http.Request, p *principal) {
-	k, err := kindFromPath(r)
-	if err != nil {
-		writeError(w, err)
-		return
-	}
-	if !canRead(p, k.Kind) {
-		writeError(w, forbidden(p, "read "+k.Plural))
+	k, ok := readableKind(w, r, p)
+	if !ok {
 		return
 	}
 	var opts store.ListOptions
@@ -157,13 +167,8 @@ func (s *Server) needsMasking(rec store.Record) bool {
 }
 
 func (s *Server) handleGet(w http.ResponseWriter, r *http.Request, p *principal) {
-	k, err := kindFromPath(r)
-	if err != nil {
-		writeError(w, err)
-		return
-	}
-	if !canRead(p, k.Kind) {
-		writeError(w, forbidden(p, "read "+k.Plural))
+	k, ok := readableKind(w, r, p)
+	if !ok {
 		return
 	}
 	name := r.PathValue("name")
