@@ -426,7 +426,7 @@ func (a *Agent) runJob(ctx context.Context, job *api.JobSpec) {
 	if err != nil || timeout <= 0 {
 		timeout = 30 * time.Minute
 	}
-	stream := newLogStream(a, job.Name)
+	stream := newLogStream(ctx, a, job.Name)
 	jobCtx, cancel := context.WithTimeout(ctx, timeout)
 	workDir := filepath.Join(a.cfg.StateDir, "jobs", job.Name)
 	env := []string{
@@ -443,7 +443,7 @@ func (a *Agent) runJob(ctx context.Context, job *api.JobSpec) {
 	if ctx.Err() != nil && !timedOut {
 		// The agent is stopping: leave current-job so the next start
 		// reports the job as interrupted.
-		stream.close(context.Background())
+		stream.close()
 		return
 	}
 	res := api.JobResult{ExitCode: exit}
@@ -459,11 +459,13 @@ func (a *Agent) runJob(ctx context.Context, job *api.JobSpec) {
 		res.Message = runErr.Error()
 		fmt.Fprintf(stream, "\ndrover-agent: %s\n", runErr)
 	}
-	stream.close(ctx)
+	// The result is on disk before the last of the output is sent, so an
+	// agent stopped while the server is away still reports what happened.
 	p := pendingResult{Job: job.Name, Result: res}
 	if err := a.savePending(p); err != nil {
 		log.Error("saving job result", "err", err)
 	}
+	stream.close()
 	_ = os.Remove(a.currentPath())
 	_ = os.RemoveAll(workDir)
 	if err := a.deliver(ctx, p); err != nil {
@@ -482,14 +484,16 @@ type logStream struct {
 	kick chan struct{}
 	done chan struct{}
 	stop chan struct{}
+	// ctx bounds the last flush: it retries until the agent stops.
+	ctx context.Context
 	// dropped counts bytes discarded because the server was away too long.
 	dropped int
 }
 
 const logBufferMax = 4 << 20
 
-func newLogStream(a *Agent, job string) *logStream {
-	s := &logStream{a: a, job: job, kick: make(chan struct{}, 1), done: make(chan struct{}), stop: make(chan struct{})}
+func newLogStream(ctx context.Context, a *Agent, job string) *logStream {
+	s := &logStream{a: a, job: job, ctx: ctx, kick: make(chan struct{}, 1), done: make(chan struct{}), stop: make(chan struct{})}
 	go s.loop()
 	return s
 }
@@ -519,18 +523,21 @@ func (s *logStream) loop() {
 	for {
 		select {
 		case <-s.stop:
-			s.flush(context.Background(), true)
+			s.flush(s.ctx, true)
 			return
 		case <-t.C:
 		case <-s.kick:
 		}
-		s.flush(context.Background(), false)
+		s.flush(s.ctx, false)
 	}
 }
 
-// flush posts what is buffered; final keeps trying for a while.
+// flush posts what is buffered; final keeps trying, with backoff, until the
+// output is sent or the agent stops (the server closes a job's log once
+// the job is reported, so the output must go first).
 func (s *logStream) flush(ctx context.Context, final bool) {
-	for attempt := 0; ; attempt++ {
+	backoff := newBackoff()
+	for {
 		s.mu.Lock()
 		if s.dropped > 0 {
 			fmt.Fprintf(&s.buf, "\ndrover-agent: %d bytes of output were dropped while the server was unreachable\n", s.dropped)
@@ -551,14 +558,15 @@ func (s *logStream) flush(ctx context.Context, final bool) {
 			}
 			return
 		}
-		if !final || attempt >= 20 {
+		var fe errFatal
+		if !final || errors.As(err, &fe) || ctx.Err() != nil {
 			return
 		}
-		time.Sleep(time.Duration(attempt+1) * 250 * time.Millisecond)
+		backoff.wait(ctx)
 	}
 }
 
-func (s *logStream) close(ctx context.Context) {
+func (s *logStream) close() {
 	close(s.stop)
 	<-s.done
 }
