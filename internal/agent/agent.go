@@ -168,24 +168,37 @@ type errFatal struct{ error }
 func (e errFatal) Unwrap() error { return e.error }
 
 // Run registers if needed, then heartbeats and runs jobs until ctx ends.
-func (a *Agent) Run(ctx context.Context) error {
-	if err := a.ensureRegistered(ctx); err != nil {
+func (a *Agent) Run(parent context.Context) error {
+	if err := a.ensureRegistered(parent); err != nil {
 		return err
 	}
-	hbCtx, stopHB := context.WithCancel(ctx)
+	// A fatal error seen by the heartbeat (the credential is gone and there
+	// is no join token) ends the whole agent at once, not at the next poll.
+	ctx, fail := context.WithCancelCause(parent)
+	defer fail(nil)
 	var wg sync.WaitGroup
 	// Stop the heartbeat before waiting for it: on a fatal error Run must
 	// return, not wait for a loop nobody stopped.
 	defer func() {
-		stopHB()
+		fail(nil)
 		wg.Wait()
 	}()
 	wg.Add(1)
 	go func() {
 		defer wg.Done()
-		a.heartbeatLoop(hbCtx)
+		a.heartbeatLoop(ctx, fail)
 	}()
+	fatal := func() error {
+		var fe errFatal
+		if cause := context.Cause(ctx); errors.As(cause, &fe) {
+			return cause
+		}
+		return nil
+	}
 	if err := a.recover(ctx); err != nil {
+		if f := fatal(); f != nil {
+			return f
+		}
 		return err
 	}
 	backoff := newBackoff()
@@ -209,7 +222,7 @@ func (a *Agent) Run(ctx context.Context) error {
 			a.runJob(ctx, resp.Job)
 		}
 	}
-	return nil
+	return fatal()
 }
 
 // do calls the API with the agent's credential; on 401 it registers again
@@ -282,12 +295,17 @@ func (a *Agent) ensureRegistered(ctx context.Context) error {
 	}
 }
 
-func (a *Agent) heartbeatLoop(ctx context.Context) {
-	for {
+func (a *Agent) heartbeatLoop(ctx context.Context, fail context.CancelCauseFunc) {
+	// The first heartbeat goes at once: it tells the agent the interval the
+	// server wants (a restarted agent does not know it).
+	for first := true; ; first = false {
 		a.mu.Lock()
-		d := a.heartbeat
+		d := jitter(a.heartbeat)
 		a.mu.Unlock()
-		t := time.NewTimer(jitter(d))
+		if first {
+			d = 0
+		}
+		t := time.NewTimer(d)
 		select {
 		case <-ctx.Done():
 			t.Stop()
@@ -296,6 +314,11 @@ func (a *Agent) heartbeatLoop(ctx context.Context) {
 		}
 		var resp api.HeartbeatResponse
 		if err := a.do(ctx, http.MethodPost, "/api/v1/agent/heartbeat", struct{}{}, &resp); err != nil {
+			var fe errFatal
+			if errors.As(err, &fe) {
+				fail(err)
+				return
+			}
 			if ctx.Err() == nil {
 				a.log.Debug("heartbeat failed", "err", err)
 			}

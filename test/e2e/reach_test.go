@@ -70,3 +70,31 @@ params:
 		t.Errorf("verify ran on n02, which never went away")
 	}
 }
+
+// An agent whose machine is deleted, and that has no join token to
+// register again, stops at its next heartbeat with a reason.
+func TestAgentStopsWhenCredentialIsGone(t *testing.T) {
+	s := startSite(t, "--heartbeat-interval", "1s", "--reachable-timeout", "3s")
+	first := s.startAgent("g1")
+	eventually(t, 30*time.Second, "g1 registered", func() (bool, string) { return len(s.machines()) == 1, "" })
+	first.kill()
+	again := startProc(t, s.dir, "agent-g1-again", nil, "agent",
+		"--endpoint", s.endpoint, "--ca-cert", s.caFile, "--state-dir", s.agentDir("g1"))
+	time.Sleep(time.Second)
+	if _, errs, err := s.cli("", "delete", "machine", "g1"); err != nil {
+		t.Fatalf("delete: %v %s", err, errs)
+	}
+	deleted := time.Now()
+	select {
+	case <-again.done:
+	case <-time.After(10 * time.Second):
+		t.Fatal("the agent kept running 10 s after its credential was deleted")
+	}
+	t.Logf("agent stopped %s after its machine was deleted (heartbeat 1s, poll 30s)", time.Since(deleted).Round(100*time.Millisecond))
+	if again.err == nil {
+		t.Error("agent exited 0")
+	}
+	if log := strings.Join(readLines(t, again.log), "\n"); !strings.Contains(log, "no join token to register again") {
+		t.Errorf("agent did not say why it stopped:\n%s", log)
+	}
+}
