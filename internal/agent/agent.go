@@ -7,6 +7,7 @@ import (
 	"bytes"
 	"context"
 	"crypto/rand"
+	"crypto/x509"
 	"encoding/hex"
 	"encoding/json"
 	"errors"
@@ -286,6 +287,11 @@ func (a *Agent) ensureRegistered(ctx context.Context) error {
 		var ae *api.Error
 		if errors.As(err, &ae) && ae.Status >= 400 && ae.Status < 500 && ae.Status != http.StatusTooManyRequests {
 			return errFatal{fmt.Errorf("registration refused: %w", err)}
+		}
+		// An untrusted certificate does not fix itself by retrying.
+		var ua x509.UnknownAuthorityError
+		if errors.As(err, &ua) {
+			return errFatal{fmt.Errorf("cannot register: %w", err)}
 		}
 		if ctx.Err() != nil {
 			return ctx.Err()

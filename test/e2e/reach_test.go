@@ -98,3 +98,19 @@ func TestAgentStopsWhenCredentialIsGone(t *testing.T) {
 		t.Errorf("agent did not say why it stopped:\n%s", log)
 	}
 }
+
+// An agent that does not trust the server's certificate says so and stops,
+// rather than retrying what retrying cannot fix.
+func TestAgentWithoutCAStops(t *testing.T) {
+	s := startSite(t)
+	p := startProc(t, s.dir, "agent-noca", nil, "agent",
+		"--endpoint", s.endpoint, "--join-token", s.joinTok, "--state-dir", s.agentDir("noca"), "--name", "noca")
+	select {
+	case <-p.done:
+	case <-time.After(15 * time.Second):
+		t.Fatal("agent without the CA kept retrying")
+	}
+	if log := strings.Join(readLines(t, p.log), "\n"); p.err == nil || !strings.Contains(log, "not signed by a trusted CA (pass --ca-cert") {
+		t.Errorf("exit %v, log:\n%s", p.err, log)
+	}
+}
