@@ -127,7 +127,6 @@ func waitRuns(ctx context.Context, c *api.Client, action string, from int64, run
 				}
 			}
 		}
-		pending := len(runs) - len(state)
 		var parts []string
 		for _, t := range sortedKeys(steps) {
 			parts = append(parts, fmt.Sprintf("%s:%d", t, steps[t]))
@@ -136,17 +135,16 @@ func waitRuns(ctx context.Context, c *api.Client, action string, from int64, run
 		if len(parts) > 0 {
 			line += " [" + strings.Join(parts, " ") + "]"
 		}
-		_ = pending
 		line += fmt.Sprintf(" %s", time.Since(start).Round(time.Second))
 		if tty {
 			fmt.Fprintf(errw, "\r\033[K%s", line)
 			if final {
 				fmt.Fprintln(errw)
 			}
-		} else if line != lastLine || final {
+		} else {
 			// Without a terminal, print a line only when the counts change.
 			key := strings.TrimSuffix(line, fmt.Sprintf(" %s", time.Since(start).Round(time.Second)))
-			if key != lastLine || final {
+			if key != lastLine {
 				fmt.Fprintln(errw, line)
 				lastLine = key
 			}

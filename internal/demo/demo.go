@@ -276,7 +276,11 @@ func actionAndWait(ctx context.Context, c *api.Client, action, nodes string, out
 				failed++
 				fmt.Fprintf(out, "    %-4s %s %s: %s\n", m, action, r.State, r.Message)
 			} else {
-				fmt.Fprintf(out, "    %-4s %s done (%d tasks) after %s\n", m, action, len(r.Tasks), time.Since(start).Round(10*time.Millisecond))
+				tasks := "tasks"
+				if len(r.Tasks) == 1 {
+					tasks = "task"
+				}
+				fmt.Fprintf(out, "    %-4s %s done (%d %s) after %s\n", m, action, len(r.Tasks), tasks, time.Since(start).Round(10*time.Millisecond))
 			}
 			if len(pending) == 0 {
 				return io.EOF

@@ -522,8 +522,15 @@ func (s *Server) keepAnAdmin(ctx context.Context, objs []api.Object) error {
 		field = "disabled"
 	}
 	return &model.DocError{Index: demoted + 1, Kind: u.Kind, Name: u.Name, Field: field,
-		Err: fmt.Errorf("this would leave no enabled admin: make another user admin first: %w", store.ErrConflict)}
+		Err: conflictError("this would leave no enabled admin: make another user admin first")}
 }
+
+// conflictError is a refusal answered with 409 whose message stands alone
+// (wrapping store.ErrConflict with %w would append "revision conflict").
+type conflictError string
+
+func (e conflictError) Error() string { return string(e) }
+func (e conflictError) Unwrap() error { return store.ErrConflict }
 
 // sealStoredValues seals, in the same transaction, the values stored in
 // clear for params this apply declares secure: values set before the
@@ -652,7 +659,7 @@ func (s *Server) sealParams(params map[string]json.RawMessage, declared map[stri
 // auditOp records a write in the same transaction as the write itself.
 func (s *Server) auditOp(p *principal, action, target, detail string, now time.Time, seq int) store.Op {
 	a := &api.Audit{
-		Meta:   api.Meta{Kind: api.KindAudit, Name: fmt.Sprintf("%d-%s-%d", now.UnixNano(), strings.ReplaceAll(p.String(), ":", "-"), seq)},
+		Meta:   api.Meta{Kind: api.KindAudit, Name: fmt.Sprintf("%d-%s-%04d", now.UnixNano(), strings.ReplaceAll(p.String(), ":", "-"), seq)},
 		Time:   now,
 		User:   p.String(),
 		Action: action,
