@@ -31,6 +31,7 @@ fuzz:
 	$(GO) test -run '^$$' -fuzz FuzzParse -fuzztime 30s ./internal/noderange
 	$(GO) test -run '^$$' -fuzz FuzzParse -fuzztime 30s ./internal/labels
 	$(GO) test -run '^$$' -fuzz FuzzParseDocument -fuzztime 30s ./internal/model
+	$(GO) test -run '^$$' -fuzz FuzzParse -fuzztime 30s ./internal/content
 
 bench: build
 	$(GO) test -run '^$$' -bench . -benchtime 1x ./internal/store/bolt ./internal/noderange
