@@ -127,7 +127,9 @@ func (v *validator) resolve(p *Pack, installed []*Pack) []*Pack {
 				problem = fmt.Sprintf("%s (required through %s)", problem, strings.Join(t.via, " → "))
 			}
 			v.errs.add(&Error{File: p.File, Line: t.line, Kind: KindContentPack, Name: p.Name, Field: t.field, Err: errors.New(problem)})
-			continue
+			if dep == nil {
+				continue
+			}
 		}
 		seen[t.req.Name] = true
 		out = append(out, dep)
@@ -140,7 +142,9 @@ func (v *validator) resolve(p *Pack, installed []*Pack) []*Pack {
 }
 
 // pick chooses the newest candidate that meets a requirement, or says why
-// none does.
+// none does. When none does, it still returns the newest candidate, whose
+// objects the pack can then see: its references are checked against the
+// version installed rather than reported missing on top of the version.
 func pick(r Requirement, candidates []*Pack) (*Pack, string) {
 	if len(candidates) == 0 {
 		version := ""
@@ -157,23 +161,33 @@ func pick(r Requirement, candidates []*Pack) (*Pack, string) {
 		}
 		constraint = c
 	}
-	var best *Pack
-	var bestVersion *semver.Version
+	var best, newest *Pack
+	var bestVersion, newestVersion *semver.Version
 	var have []string
 	for _, c := range candidates {
 		have = append(have, c.Version)
 		ver, err := semver.NewVersion(c.Version)
-		if err != nil || (constraint != nil && !constraint.Check(ver)) {
+		if err != nil {
+			continue
+		}
+		if newest == nil || ver.GreaterThan(newestVersion) {
+			newest, newestVersion = c, ver
+		}
+		if constraint != nil && !constraint.Check(ver) {
 			continue
 		}
 		if best == nil || ver.GreaterThan(bestVersion) {
 			best, bestVersion = c, ver
 		}
 	}
-	if best == nil {
-		return nil, fmt.Sprintf("needs pack %q version %s, but the installed version is %s (install a version that matches)", r.Name, r.Version, strings.Join(have, ", "))
+	if best != nil {
+		return best, ""
 	}
-	return best, ""
+	installed := "the installed version is " + have[0]
+	if len(have) > 1 {
+		installed = "the installed versions are " + strings.Join(have, ", ")
+	}
+	return newest, fmt.Sprintf("needs pack %q version %s, but %s (install a version that matches)", r.Name, r.Version, installed)
 }
 
 // object checks one object of the pack.

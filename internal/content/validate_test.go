@@ -125,8 +125,9 @@ func TestValidationErrors(t *testing.T) {
 			want:      []string{`pack.yaml:6: ContentPack "p": requires[1]: pack "other" is not installed (install it first with drover content push)`},
 		},
 		{
-			name:      "required version not installed",
-			files:     map[string]string{"pack.yaml": header + "requires:\n  - name: base\n    version: \">=2.0.0\"\n"},
+			name: "required version not installed: the installed one is still seen, so its tasks are not reported missing too",
+			files: map[string]string{"pack.yaml": header + "requires:\n  - name: base\n    version: \">=2.0.0\"\n",
+				"w.yaml": "kind: Workflow\nname: w\ntasks: [base-task]\n"},
 			installed: []*Pack{base},
 			stage:     "validate",
 			want:      []string{`pack.yaml:4: ContentPack "p": requires[0]: needs pack "base" version >=2.0.0, but the installed version is 1.4.0 (install a version that matches)`},
@@ -308,8 +309,15 @@ func TestValidatePicksNewestMatching(t *testing.T) {
 			t.Errorf("workflow of task %s: %v", task, err)
 		}
 	}
+	// None matches: every installed version is named, and the newest is
+	// in scope.
+	files := map[string]string{"pack.yaml": header + "requires: [{name: base, version: \">=3.0.0\"}]\n", "w.yaml": "kind: Workflow\nname: w\ntasks: [in-v2]\n"}
+	_, err := loadAndValidate(files, installed)
+	if want := `pack.yaml:3: ContentPack "p": requires[0]: needs pack "base" version >=3.0.0, but the installed versions are 2.0.0, 1.1.0, 1.4.0 (install a version that matches)`; err == nil || err.Error() != want {
+		t.Errorf("got  %v\nwant %s", err, want)
+	}
 	// Without a constraint the newest is used.
-	files := map[string]string{"pack.yaml": header + "requires: [{name: base}]\n", "w.yaml": "kind: Workflow\nname: w\ntasks: [in-v2]\n"}
+	files = map[string]string{"pack.yaml": header + "requires: [{name: base}]\n", "w.yaml": "kind: Workflow\nname: w\ntasks: [in-v2]\n"}
 	if _, err := loadAndValidate(files, installed); err != nil {
 		t.Error(err)
 	}
