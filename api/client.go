@@ -165,9 +165,22 @@ func (c *Client) Login(ctx context.Context, username, password, ttl string) (*Lo
 
 // List lists objects of a kind, optionally by label selector.
 func (c *Client) List(ctx context.Context, kind, selector string) (*List, error) {
-	path := "/api/v1/objects/" + url.PathEscape(kind)
+	return c.ListView(ctx, kind, selector, "")
+}
+
+// ListView lists objects of kind in a view (ViewFull or ViewSummary; empty
+// is full).
+func (c *Client) ListView(ctx context.Context, kind, selector, view string) (*List, error) {
+	q := url.Values{}
 	if selector != "" {
-		path += "?selector=" + url.QueryEscape(selector)
+		q.Set("selector", selector)
+	}
+	if view != "" {
+		q.Set("view", view)
+	}
+	path := "/api/v1/objects/" + url.PathEscape(kind)
+	if len(q) > 0 {
+		path += "?" + q.Encode()
 	}
 	var out List
 	err := c.Do(ctx, http.MethodGet, path, nil, &out)

@@ -106,6 +106,15 @@ func (i *Inventory) PrimaryMAC() string {
 	return mac
 }
 
+// Summary is the short form tables show.
+func (i *Inventory) Summary() *Hardware {
+	h := &Hardware{CPUs: i.CPUs, MemoryBytes: i.MemoryBytes, Disks: len(i.Disks), PrimaryMAC: i.PrimaryMAC()}
+	for _, d := range i.Disks {
+		h.DiskBytes += d.SizeBytes
+	}
+	return h
+}
+
 // MACs returns the MAC addresses of all non-virtual interfaces, in name
 // order, for matching a machine by any of its NICs.
 func (i *Inventory) MACs() []string {

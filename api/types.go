@@ -33,6 +33,10 @@ type Meta struct {
 	Description    string            `json:"description,omitempty"`
 	Revision       int64             `json:"revision,omitempty"`
 	CreateRevision int64             `json:"createRevision,omitempty"`
+	// Source says where an object comes from: empty for objects users
+	// wrote, "pack:NAME@VERSION" for objects a content pack provides. Set
+	// by the server; ignored when a user applies an object.
+	Source string `json:"source,omitempty"`
 }
 
 // GetMeta gives access to the common fields of any object.
@@ -93,14 +97,45 @@ type MachineStatus struct {
 	AgentToken   string     `json:"agentToken,omitempty"`
 	RegisteredAt *time.Time `json:"registeredAt,omitempty"`
 	Inventory    *Inventory `json:"inventory,omitempty"`
+	// Hardware sums up Inventory; lists in the summary view carry it
+	// without the inventory.
+	Hardware     *Hardware  `json:"hardware,omitempty"`
 	StateChanged *time.Time `json:"stateChanged,omitempty"`
+	// AppliedWorkflow and AppliedConfig record the last workflow that
+	// configured the machine (commission, deploy or upgrade) and a digest
+	// of what it rendered; ConfigDrift is true while what that workflow
+	// would render now differs (a profile, param, task or pack changed).
+	AppliedWorkflow string `json:"appliedWorkflow,omitempty"`
+	AppliedConfig   string `json:"appliedConfig,omitempty"`
+	ConfigDrift     bool   `json:"configDrift,omitempty"`
 }
+
+// Hardware is the short form of an inventory that tables show.
+type Hardware struct {
+	CPUs        int    `json:"cpus"`
+	MemoryBytes uint64 `json:"memoryBytes"`
+	Disks       int    `json:"disks"`
+	DiskBytes   uint64 `json:"diskBytes"`
+	PrimaryMAC  string `json:"primaryMAC,omitempty"`
+}
+
+// List views: ViewFull (the default) has every field; ViewSummary leaves
+// out machines' status.inventory (status.hardware stays), for tables of
+// thousands of machines.
+const (
+	ViewFull    = "full"
+	ViewSummary = "summary"
+)
 
 // Profile is a named bundle of params. The profile named "global" applies
 // to every machine, after its own profiles.
 type Profile struct {
 	Meta
-	Params map[string]json.RawMessage `json:"params,omitempty"`
+	// Selector attaches the profile to every machine whose labels match
+	// (label selector syntax: role=storage,env!=prod), after the
+	// machine's own profiles.
+	Selector string                     `json:"selector,omitempty"`
+	Params   map[string]json.RawMessage `json:"params,omitempty"`
 }
 
 // GlobalProfile is looked up last for every machine.

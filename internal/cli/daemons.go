@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"runtime/debug"
 	"strings"
 	"time"
 
@@ -17,6 +18,7 @@ import (
 func newServerCmd() *cobra.Command {
 	var cfg server.Config
 	var hb, reach string
+	var gcPercent int
 	cmd := &cobra.Command{
 		Use:   "server",
 		Short: "Run a site endpoint (API, store, engine)",
@@ -31,6 +33,16 @@ func newServerCmd() *cobra.Command {
 			}
 			if cfg.Engine.ReachableTimeout <= cfg.Engine.HeartbeatInterval {
 				return fmt.Errorf("--reachable-timeout (%s) must be longer than --heartbeat-interval (%s)", reach, hb)
+			}
+			// Every agent holds a connection and a long poll, so at 10,000
+			// machines most of the heap is small, long-lived connection
+			// state; Go's default (GOGC=100) lets the heap grow to twice
+			// that before collecting. GOGC in the environment wins.
+			if os.Getenv("GOGC") == "" {
+				if gcPercent <= 0 {
+					return fmt.Errorf("--gc-percent %d: use a positive percentage (or GOGC=off in the environment)", gcPercent)
+				}
+				debug.SetGCPercent(gcPercent)
 			}
 			cfg.AdminPassword = os.Getenv("DROVER_ADMIN_PASSWORD")
 			cfg.Logger = logger(cmd)
@@ -60,6 +72,7 @@ func newServerCmd() *cobra.Command {
 	f.IntVar(&cfg.Engine.MaxConcurrentJobs, "max-concurrent-jobs", 10, "jobs running at once across all machines")
 	f.StringVar(&hb, "heartbeat-interval", "10s", "how often agents heartbeat")
 	f.StringVar(&reach, "reachable-timeout", "30s", "mark a machine unreachable after this long without a heartbeat")
+	f.IntVar(&gcPercent, "gc-percent", 50, "heap growth allowed between garbage collections, in percent: lower uses less memory and more CPU (GOGC in the environment wins)")
 	return cmd
 }
 

@@ -98,6 +98,7 @@ func (s *Server) handleRegister(w http.ResponseWriter, r *http.Request) {
 		}
 		inv := req.Inventory
 		m.Status.Inventory = &inv
+		m.Status.Hardware = inv.Summary()
 		m.Status.AgentID = agentIDHash(req.AgentID)
 		m.Status.Reachable = true
 		m.Status.LastSeen = &now

@@ -122,27 +122,47 @@ func (s *Server) handleList(w http.ResponseWriter, r *http.Request, p *principal
 		}
 		opts.Selector = ls
 	}
+	summary := false
+	switch v := r.URL.Query().Get("view"); v {
+	case "", api.ViewFull:
+	case api.ViewSummary:
+		summary = k.Kind == api.KindMachine
+	default:
+		writeError(w, badRequest("view %q: use %s or %s", v, api.ViewFull, api.ViewSummary))
+		return
+	}
+	if lc := s.lists[k.Kind]; lc != nil {
+		// The cache answers once it holds what the store holds now.
+		cur, err := s.st.Revision(r.Context())
+		if err != nil {
+			writeError(w, err)
+			return
+		}
+		items, rev, err := lc.snapshot(r.Context(), cur, opts.Selector, summary, 2*time.Second)
+		if err == nil {
+			writeList(w, k.Kind, rev, len(items), func(i int, bw *bufio.Writer) { bw.Write(items[i]) })
+			return
+		}
+		if r.Context().Err() != nil {
+			return
+		}
+		s.log.Warn("list cache unavailable; reading the store", "kind", k.Kind, "err", err)
+	}
 	recs, rev, err := s.st.List(r.Context(), k.Kind, opts)
 	if err != nil {
 		writeError(w, err)
 		return
 	}
-	// Stream the list: a list of ten thousand machines is tens of MB, and
-	// building it in one buffer first would double the memory and delay the
-	// first byte.
-	w.Header().Set("Content-Type", "application/json")
-	w.WriteHeader(http.StatusOK)
-	bw := bufio.NewWriterSize(w, 64<<10)
-	fmt.Fprintf(bw, `{"kind":%q,"revision":%d,"items":[`, k.Kind, rev)
-	for i, rec := range recs {
-		if i > 0 {
-			bw.WriteByte(',')
-		}
-		if !s.needsMasking(rec) {
+	writeList(w, k.Kind, rev, len(recs), func(i int, bw *bufio.Writer) {
+		rec := recs[i]
+		if !s.needsMasking(rec) && !summary {
 			model.WriteRaw(bw, rec)
-			continue
+			return
 		}
 		item, err := s.present(rec)
+		if err == nil && summary {
+			item, err = summarizeMachine(item)
+		}
 		if err != nil {
 			// Headers are gone: cut the response so the client sees an
 			// error rather than a short list.
@@ -150,6 +170,40 @@ func (s *Server) handleList(w http.ResponseWriter, r *http.Request, p *principal
 			panic(http.ErrAbortHandler)
 		}
 		bw.Write(item)
+	})
+}
+
+// summarizeMachine makes the summary view of a presented machine: without
+// the inventory, with its hardware summary.
+func summarizeMachine(full []byte) ([]byte, error) {
+	var m api.Machine
+	if err := json.Unmarshal(full, &m); err != nil {
+		return nil, err
+	}
+	inv := m.Status.Inventory
+	if inv == nil {
+		return full, nil
+	}
+	if m.Status.Hardware == nil {
+		m.Status.Hardware = inv.Summary()
+	}
+	m.Status.Inventory = nil
+	return json.Marshal(&m)
+}
+
+// writeList streams a list: a list of ten thousand machines is tens of MB,
+// and building it in one buffer first would double the memory and delay
+// the first byte.
+func writeList(w http.ResponseWriter, kind string, rev int64, n int, item func(i int, bw *bufio.Writer)) {
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(http.StatusOK)
+	bw := bufio.NewWriterSize(w, 64<<10)
+	fmt.Fprintf(bw, `{"kind":%q,"revision":%d,"items":[`, kind, rev)
+	for i := range n {
+		if i > 0 {
+			bw.WriteByte(',')
+		}
+		item(i, bw)
 	}
 	bw.WriteString("]}\n")
 	_ = bw.Flush()

@@ -85,11 +85,14 @@ const (
 
 // Event is one change. For EventDelete, Record holds the deleted record with
 // Revision set to the deleting revision. All events of one transaction share
-// the same Revision and are delivered together, in op order.
+// the same Revision and are delivered together, in op order; the last one
+// has Last set, so a watcher keeping a copy of the store (a cache) knows
+// when it holds a whole revision and not part of one.
 type Event struct {
 	Type     EventType `json:"type"`
 	Revision int64     `json:"revision"`
 	Record   Record    `json:"record"`
+	Last     bool      `json:"last,omitempty"`
 }
 
 // ListOptions narrows a List.

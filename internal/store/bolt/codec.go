@@ -276,5 +276,8 @@ func (d *decoder) decodeEvents(rev int64, v []byte, out []store.Event) ([]store.
 		}
 		out = append(out, ev)
 	}
+	if n > 0 {
+		out[len(out)-1].Last = true
+	}
 	return out, nil
 }

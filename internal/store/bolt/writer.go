@@ -347,6 +347,9 @@ func checkTxn(objects *bolt.Bucket, ops []preparedOp, rev int64) ([]store.Event,
 			overlay[string(op.key)] = staged{value: op.value}
 		}
 	}
+	if len(events) > 0 {
+		events[len(events)-1].Last = true
+	}
 	return events, entries, nil
 }
 

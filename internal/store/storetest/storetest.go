@@ -138,7 +138,11 @@ func fmtRecord(r store.Record) string {
 }
 
 func fmtEvent(e store.Event) string {
-	return fmt.Sprintf("%s@%d %s", e.Type, e.Revision, fmtRecord(e.Record))
+	last := ""
+	if e.Last {
+		last = " last"
+	}
+	return fmt.Sprintf("%s@%d%s %s", e.Type, e.Revision, last, fmtRecord(e.Record))
 }
 
 func watch(t *testing.T, ctx context.Context, s store.Store, from int64) <-chan store.Event {
@@ -386,7 +390,7 @@ func testTxnAtomic(t *testing.T, s store.Store) {
 	evs := receive(t, ch, 3)
 	wantTypes := []store.EventType{store.EventPut, store.EventDelete, store.EventPut}
 	for i, ev := range evs {
-		if ev.Revision != rev || ev.Type != wantTypes[i] || !sameRecord(ev.Record, recs[i]) {
+		if ev.Revision != rev || ev.Type != wantTypes[i] || !sameRecord(ev.Record, recs[i]) || ev.Last != (i == len(evs)-1) {
 			t.Errorf("event %d = %s, want %s of %s", i, fmtEvent(ev), wantTypes[i], fmtRecord(recs[i]))
 		}
 	}
