@@ -108,6 +108,32 @@ type MachineStatus struct {
 	AppliedWorkflow string `json:"appliedWorkflow,omitempty"`
 	AppliedConfig   string `json:"appliedConfig,omitempty"`
 	ConfigDrift     bool   `json:"configDrift,omitempty"`
+	// ConfigDriftReason says why ConfigDrift is set: what differs, or why
+	// the configuration cannot be rendered now.
+	ConfigDriftReason string `json:"configDriftReason,omitempty"`
+	// LastVerify is what the last verify run found since the configuration
+	// was last applied (a commission, deploy, upgrade or decommission
+	// clears it).
+	LastVerify *VerifyResult `json:"lastVerify,omitempty"`
+}
+
+// Verify verdicts (Run.Result of verify runs, VerifyResult.Result).
+const (
+	VerifyInSync  = "in-sync"
+	VerifyDrifted = "drifted"
+	// VerifyError: the verify reached no verdict (a task timed out, could
+	// not be rendered, or was cancelled).
+	VerifyError = "error"
+)
+
+// VerifyResult is the outcome of one verify run on a machine.
+type VerifyResult struct {
+	Run    string    `json:"run"`
+	Time   time.Time `json:"time"`
+	Result string    `json:"result"`
+	// Job is the job that failed (drifted, error); its log says why.
+	Job     string `json:"job,omitempty"`
+	Message string `json:"message,omitempty"`
 }
 
 // Hardware is the short form of an inventory that tables show.
@@ -204,9 +230,17 @@ type Run struct {
 	FromState string `json:"fromState,omitempty"`
 	ToState   string `json:"toState,omitempty"`
 	// Attempt is the attempt number of the current step's job (from 1).
-	Attempt    int        `json:"attempt"`
-	State      string     `json:"state"`
-	Message    string     `json:"message,omitempty"`
+	Attempt int    `json:"attempt"`
+	State   string `json:"state"`
+	Message string `json:"message,omitempty"`
+	// FailedJob is the job whose failure ended the run.
+	FailedJob string `json:"failedJob,omitempty"`
+	// Result is a verify run's verdict: in-sync, drifted or error.
+	Result string `json:"result,omitempty"`
+	// Digests holds, per finished step, the digest of what its job ran;
+	// a commission, deploy or upgrade that succeeds records their
+	// combination as the machine's status.appliedConfig.
+	Digests    []string   `json:"digests,omitempty"`
 	User       string     `json:"user,omitempty"`
 	StartedAt  time.Time  `json:"startedAt"`
 	FinishedAt *time.Time `json:"finishedAt,omitempty"`
@@ -235,6 +269,9 @@ type Job struct {
 	Message  string `json:"message,omitempty"`
 	// Timeout is the task timeout resolved at creation.
 	Timeout string `json:"timeout,omitempty"`
+	// Digest is the sha256 of what was handed to the agent: the rendered
+	// script, shell, timeout and the task's retries (for config drift).
+	Digest string `json:"digest,omitempty"`
 	// Deliveries counts hand-outs to the agent; more than one means the
 	// agent lost a response and the job was handed out again unstarted.
 	Deliveries int        `json:"deliveries,omitempty"`
