@@ -270,6 +270,22 @@ func JobName(run string, step, attempt int) string {
 // transition, resolves the workflow, and in one transaction creates the run
 // and moves the machine to its in-progress state.
 func (e *Engine) StartAction(ctx context.Context, machine, action, workflow, user string) (*api.Run, error) {
+	return e.startAction(ctx, machine, action, workflow, user, nil)
+}
+
+// startWith adds to a start: labels for the run, and an op written in the
+// same transaction (a rollout's progress), so that the run exists if and
+// only if the op was written.
+type startWith struct {
+	labels map[string]string
+	op     func(run *api.Run) (store.Op, error)
+}
+
+// errStartWithConflict means the op of a startWith met a newer revision:
+// nothing was started.
+var errStartWithConflict = errors.New("the object written with the start changed")
+
+func (e *Engine) startAction(ctx context.Context, machine, action, workflow, user string, with *startWith) (*api.Run, error) {
 	for attempt := 0; ; attempt++ {
 		var m api.Machine
 		if err := get(ctx, e.st, api.KindMachine, machine, &m); err != nil {
@@ -334,6 +350,11 @@ func (e *Engine) StartAction(ctx context.Context, machine, action, workflow, use
 		if run.ToState == "" {
 			run.ToState = m.Status.State
 		}
+		if with != nil {
+			for k, v := range with.labels {
+				run.Labels[k] = v
+			}
+		}
 		m.Status.Run = run.Name
 		m.Status.Message = ""
 		if t.during != "" && t.during != m.Status.State {
@@ -348,7 +369,19 @@ func (e *Engine) StartAction(ctx context.Context, machine, action, workflow, use
 		if err != nil {
 			return nil, err
 		}
-		recs, _, err := e.st.Txn(ctx, []store.Op{cop, uop})
+		ops := []store.Op{cop, uop}
+		if with != nil {
+			op, err := with.op(run)
+			if err != nil {
+				return nil, err
+			}
+			ops = append(ops, op)
+		}
+		recs, _, err := e.st.Txn(ctx, ops)
+		var te *store.TxnError
+		if errors.As(err, &te) && te.Index == 2 && errors.Is(err, store.ErrConflict) {
+			return nil, errStartWithConflict
+		}
 		if errors.Is(err, store.ErrConflict) && attempt < 20 {
 			continue
 		}
