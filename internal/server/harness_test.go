@@ -45,6 +45,8 @@ func startServer(t *testing.T, mod func(*Config)) *env {
 		// detector; the cost does not change what the tests check.
 		PasswordHashCost: bcrypt.MinCost,
 		Logger:           slog.New(slog.NewTextHandler(io.Discard, nil)),
+		// Tests start from an empty site; content tests turn it on.
+		NoDefaultContent: true,
 	}
 	if mod != nil {
 		mod(&cfg)

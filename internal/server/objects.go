@@ -14,6 +14,7 @@ import (
 
 	"github.com/drover-project/drover/api"
 	"github.com/drover-project/drover/internal/auth"
+	"github.com/drover-project/drover/internal/content"
 	"github.com/drover-project/drover/internal/labels"
 	"github.com/drover-project/drover/internal/model"
 	"github.com/drover-project/drover/internal/render"
@@ -362,6 +363,9 @@ func (s *Server) apply(ctx context.Context, p *principal, docs []json.RawMessage
 		if err := model.Validate(obj); err != nil {
 			return nil, derr(err)
 		}
+		// What a user writes is theirs: over a pack's object it is an
+		// override.
+		m.Source = ""
 		if pa, ok := obj.(*api.Param); ok {
 			batchParams[pa.Name] = pa
 		}
@@ -417,6 +421,9 @@ func (s *Server) apply(ctx context.Context, p *principal, docs []json.RawMessage
 			op.Type = store.OpUpdate
 			op.ExpectRevision = existing.Revision
 			res.Action = "updated"
+			if sourceOf(existing) != "" {
+				res.Action = "overridden"
+			}
 		}
 		ops = append(ops, op)
 		ops = append(ops, s.auditOp(p, res.Action, m.Kind+"/"+m.Name, "", now, len(ops)))
@@ -774,6 +781,11 @@ func (s *Server) handleDelete(w http.ResponseWriter, r *http.Request, p *princip
 		var run api.Run
 		if err := getObj(r.Context(), s.st, api.KindRun, name, &run); err == nil && run.State == api.RunRunning {
 			writeError(w, apiError(http.StatusConflict, "conflict", "run %q is running; it can be deleted once it has finished", name))
+			return
+		}
+	}
+	if content.KindAllowed(k.Kind) {
+		if done := s.deletePackAware(w, r, p, k.Kind, name, expect); done {
 			return
 		}
 	}

@@ -48,6 +48,9 @@ type Config struct {
 	// default, 10). Lower it only where logins need not resist guessing,
 	// such as tests.
 	PasswordHashCost int
+	// NoDefaultContent skips installing (or upgrading) the content pack
+	// built into the binary at start.
+	NoDefaultContent bool
 }
 
 // Server is a running site endpoint.
@@ -64,6 +67,8 @@ type Server struct {
 	metrics *metrics
 	// lists serve the kinds listed most (machines) from memory.
 	lists map[string]*listCache
+	// contentMu serializes pack installs and removals.
+	contentMu sync.Mutex
 
 	// InitialAdminPassword is set when this start generated the admin
 	// password (first start without DROVER_ADMIN_PASSWORD).
@@ -109,6 +114,12 @@ func New(cfg Config) (*Server, error) {
 	if err := s.bootstrapAdmin(context.Background()); err != nil {
 		s.st.Close()
 		return nil, err
+	}
+	if !cfg.NoDefaultContent {
+		if err := s.installBuiltin(context.Background()); err != nil {
+			s.st.Close()
+			return nil, err
+		}
 	}
 	s.eng = engine.New(s.st, cfg.Engine, s.box, s.log)
 	s.lists = map[string]*listCache{
