@@ -249,6 +249,15 @@ func labelString(l map[string]string) string {
 	return strings.Join(parts, ",")
 }
 
+// sourceString says where an object comes from: "user" for objects users
+// wrote, the pack and version otherwise.
+func sourceString(src string) string {
+	if src == "" {
+		return "user"
+	}
+	return strings.TrimPrefix(src, "pack:")
+}
+
 func dash(s string) string {
 	if s == "" {
 		return "-"
@@ -280,13 +289,13 @@ func printTable(w io.Writer, kind string, items []json.RawMessage, wide bool) er
 	case api.KindRun:
 		fmt.Fprintln(tw, "NAME\tMACHINE\tACTION\tWORKFLOW\tSTEP\tSTATE\tSTARTED\tMESSAGE")
 	case api.KindTask:
-		fmt.Fprintln(tw, "NAME\tTIMEOUT\tRETRIES\tLABELS")
+		fmt.Fprintln(tw, "NAME\tTIMEOUT\tRETRIES\tLABELS\tSOURCE")
 	case api.KindWorkflow:
-		fmt.Fprintln(tw, "NAME\tTASKS\tLABELS")
+		fmt.Fprintln(tw, "NAME\tTASKS\tLABELS\tSOURCE")
 	case api.KindProfile:
-		fmt.Fprintln(tw, "NAME\tPARAMS\tLABELS")
+		fmt.Fprintln(tw, "NAME\tPARAMS\tLABELS\tSOURCE")
 	case api.KindParam:
-		fmt.Fprintln(tw, "NAME\tTYPE\tSECURE\tDEFAULT")
+		fmt.Fprintln(tw, "NAME\tTYPE\tSECURE\tDEFAULT\tSOURCE")
 	case api.KindUser:
 		fmt.Fprintln(tw, "NAME\tROLE\tDISABLED")
 	case api.KindToken:
@@ -295,6 +304,8 @@ func printTable(w io.Writer, kind string, items []json.RawMessage, wide bool) er
 		fmt.Fprintln(tw, "ID\tEXPIRES\tCREATED BY")
 	case api.KindAudit:
 		fmt.Fprintln(tw, "TIME\tUSER\tACTION\tTARGET\tDETAIL")
+	case api.KindTemplate:
+		fmt.Fprintln(tw, "NAME\tLABELS\tREVISION\tSOURCE")
 	default:
 		fmt.Fprintln(tw, "NAME\tLABELS\tREVISION")
 	}
@@ -346,18 +357,18 @@ func printTable(w io.Writer, kind string, items []json.RawMessage, wide bool) er
 			}
 			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", o.Name, o.Machine, o.Action, o.Workflow, step, o.State, age(&o.StartedAt), dash(o.Message))
 		case *api.Task:
-			fmt.Fprintf(tw, "%s\t%s\t%d\t%s\n", o.Name, dash(o.Timeout), o.Retries, labelString(o.Labels))
+			fmt.Fprintf(tw, "%s\t%s\t%d\t%s\t%s\n", o.Name, dash(o.Timeout), o.Retries, labelString(o.Labels), sourceString(o.Source))
 		case *api.Workflow:
-			fmt.Fprintf(tw, "%s\t%s\t%s\n", o.Name, strings.Join(o.Tasks, ","), labelString(o.Labels))
+			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\n", o.Name, strings.Join(o.Tasks, ","), labelString(o.Labels), sourceString(o.Source))
 		case *api.Profile:
 			keys := model.SortedKeys(o.Params)
-			fmt.Fprintf(tw, "%s\t%s\t%s\n", o.Name, dash(strings.Join(keys, ",")), labelString(o.Labels))
+			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\n", o.Name, dash(strings.Join(keys, ",")), labelString(o.Labels), sourceString(o.Source))
 		case *api.Param:
 			def := "-"
 			if len(o.Default) > 0 {
 				def = string(o.Default)
 			}
-			fmt.Fprintf(tw, "%s\t%s\t%v\t%s\n", o.Name, dash(o.Type), o.Secure, def)
+			fmt.Fprintf(tw, "%s\t%s\t%v\t%s\t%s\n", o.Name, dash(o.Type), o.Secure, def, sourceString(o.Source))
 		case *api.User:
 			fmt.Fprintf(tw, "%s\t%s\t%v\n", o.Name, o.Role, o.Disabled)
 		case *api.Token:
@@ -372,7 +383,11 @@ func printTable(w io.Writer, kind string, items []json.RawMessage, wide bool) er
 			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\n", o.Time.Local().Format(time.RFC3339), o.User, o.Action, o.Target, dash(o.Detail))
 		default:
 			m := obj.GetMeta()
-			fmt.Fprintf(tw, "%s\t%s\t%d\n", m.Name, labelString(m.Labels), m.Revision)
+			if kind == api.KindTemplate {
+				fmt.Fprintf(tw, "%s\t%s\t%d\t%s\n", m.Name, labelString(m.Labels), m.Revision, sourceString(m.Source))
+			} else {
+				fmt.Fprintf(tw, "%s\t%s\t%d\n", m.Name, labelString(m.Labels), m.Revision)
+			}
 		}
 	}
 	return nil
