@@ -339,11 +339,16 @@ func (e *Engine) dispatch(ctx context.Context, machine, name string) (*api.JobSp
 }
 
 func (e *Engine) redeliver(ctx context.Context, machine, name string) (*api.JobSpec, error) {
+	var spec *api.JobSpec
+	var renderErr error
 	job, _, err := mutate(ctx, e.st, api.KindJob, name, func(j *api.Job) error {
 		if j.State != api.JobRunning || j.Machine != machine {
 			return errSkip
 		}
 		j.Deliveries++
+		// Rendered again, as it may render differently now: the digest
+		// records what this delivery hands out.
+		spec, renderErr = e.renderJob(ctx, j)
 		return nil
 	})
 	if err != nil {
@@ -360,38 +365,37 @@ func (e *Engine) redeliver(ctx context.Context, machine, name string) (*api.JobS
 		return nil, nil
 	}
 	e.log.Warn("handing out a running job again: the agent does not have it", "job", name, "machine", machine, "deliveries", job.Deliveries)
-	spec, err := e.renderJob(ctx, job)
-	if err != nil {
-		return nil, e.finishJob(ctx, machine, name, -1, err.Error())
+	if renderErr != nil {
+		return nil, e.finishJob(ctx, machine, name, -1, renderErr.Error())
 	}
 	return spec, nil
 }
 
+// renderJob renders a job's script for its machine, and sets the job's
+// digest of what it hands out (see taskDigest).
 func (e *Engine) renderJob(ctx context.Context, job *api.Job) (*api.JobSpec, error) {
-	var task api.Task
-	if err := get(ctx, e.st, api.KindTask, job.Task, &task); err != nil {
-		return nil, fmt.Errorf("task %q: %v", job.Task, err)
+	cfg, err := e.config(ctx)
+	if err != nil {
+		return nil, err
+	}
+	task := cfg.tasks[job.Task]
+	if task == nil {
+		return nil, fmt.Errorf("task %q: %v", job.Task, store.ErrNotFound)
 	}
 	var m api.Machine
 	if err := get(ctx, e.st, api.KindMachine, job.Machine, &m); err != nil {
 		return nil, fmt.Errorf("machine %q: %v", job.Machine, err)
 	}
-	in, err := e.renderInput(ctx, &m)
+	in, err := cfg.input(&m, e.secrets)
 	if err != nil {
 		return nil, err
 	}
-	if err := e.loadTemplates(ctx, in); err != nil {
-		return nil, err
-	}
-	script, err := renderScript(in, &task)
+	script, err := renderScript(in, task)
 	if err != nil {
 		return nil, err
 	}
-	shell := task.Shell
-	if shell == "" {
-		shell = "/bin/sh"
-	}
-	return &api.JobSpec{Name: job.Name, Task: job.Task, Run: job.Run, Shell: shell, Script: script, Timeout: job.Timeout}, nil
+	job.Digest = taskDigest(task, job.Timeout, script)
+	return &api.JobSpec{Name: job.Name, Task: job.Task, Run: job.Run, Shell: taskShell(task), Script: script, Timeout: job.Timeout}, nil
 }
 
 // CompleteJob records the end of a job an agent ran. Reporting the same end

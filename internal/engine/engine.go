@@ -72,10 +72,12 @@ type Engine struct {
 	secrets render.Opener
 	now     func() time.Time
 
-	runs  *workQueue
-	disp  *dispatcher
-	reach *reachability
-	logs  *logNotifier
+	runs    *workQueue
+	disp    *dispatcher
+	reach   *reachability
+	logs    *logNotifier
+	configs *configCache
+	drift   *driftTracker
 
 	timersMu sync.Mutex
 	timers   map[string]*time.Timer
@@ -98,10 +100,12 @@ func New(st store.Store, cfg Config, secrets render.Opener, log *slog.Logger) *E
 		runs:    newWorkQueue(),
 		timers:  map[string]*time.Timer{},
 		logs:    newLogNotifier(),
+		configs: newConfigCache(),
 		ready:   make(chan struct{}),
 	}
 	e.disp = newDispatcher(cfg.MaxConcurrentJobs)
 	e.reach = newReachability(e)
+	e.drift = newDriftTracker(e)
 	return e
 }
 
@@ -116,6 +120,7 @@ func (e *Engine) Run(ctx context.Context) error {
 	var wg sync.WaitGroup
 	defer wg.Wait()
 	defer e.runs.Close()
+	defer e.drift.queue.Close()
 	defer e.stopTimers()
 
 	for i := 0; i < e.cfg.Workers; i++ {
@@ -125,10 +130,18 @@ func (e *Engine) Run(ctx context.Context) error {
 			e.runWorker(ctx)
 		}()
 	}
-	wg.Add(1)
+	wg.Add(3)
 	go func() {
 		defer wg.Done()
 		e.reach.run(ctx)
+	}()
+	go func() {
+		defer wg.Done()
+		e.drift.run(ctx)
+	}()
+	go func() {
+		defer wg.Done()
+		e.driftWorker(ctx)
 	}()
 
 	first := true
@@ -162,8 +175,9 @@ func sleep(ctx context.Context, d time.Duration) {
 	}
 }
 
-// resync lists runs, jobs and machines and rebuilds the in-memory index:
-// the level-triggered starting point after a start or a lost watch.
+// resync lists runs, jobs, machines and the configuration and rebuilds the
+// in-memory index: the level-triggered starting point after a start or a
+// lost watch.
 func (e *Engine) resync(ctx context.Context) (int64, error) {
 	jobs, rev, err := e.st.List(ctx, api.KindJob, store.ListOptions{})
 	if err != nil {
@@ -198,6 +212,12 @@ func (e *Engine) resync(ctx context.Context) (int64, error) {
 		return 0, err
 	}
 	e.reach.load(machines)
+	cfg, _, err := loadConfig(ctx, e.st)
+	if err != nil {
+		return 0, err
+	}
+	e.configs.reset(cfg, rev)
+	e.drift.load(machines)
 	return rev, nil
 }
 
@@ -208,6 +228,9 @@ func (e *Engine) follow(ctx context.Context, from int64) error {
 		return err
 	}
 	for ev := range ch {
+		if changed, before, after := e.configs.observe(ev); len(changed) > 0 {
+			e.drift.configChanged(changed, before, after)
+		}
 		switch ev.Record.Kind {
 		case api.KindRun:
 			e.runs.Add(ev.Record.Name)
@@ -229,7 +252,10 @@ func (e *Engine) follow(ctx context.Context, from int64) error {
 		case api.KindMachine:
 			if ev.Type == store.EventDelete {
 				e.reach.forget(ev.Record.Name)
+				e.drift.forget(ev.Record.Name)
+				continue
 			}
+			e.drift.observeMachine(ev.Record, false)
 		}
 	}
 	return errors.New("watch channel closed")
@@ -423,6 +449,10 @@ func (e *Engine) reconcileRun(ctx context.Context, name string) error {
 	}
 	switch job.State {
 	case api.JobSucceeded:
+		for len(run.Digests) < run.Step {
+			run.Digests = append(run.Digests, "")
+		}
+		run.Digests = append(run.Digests[:run.Step], job.Digest)
 		run.Step++
 		run.Attempt = 1
 		if run.Step >= len(run.Tasks) {
@@ -450,6 +480,15 @@ func (e *Engine) reconcileRun(ctx context.Context, name string) error {
 			msg += ": " + job.Message
 		}
 		msg += fmt.Sprintf(" (drover logs %s)", job.Name)
+		run.FailedJob = job.Name
+		if run.Action == api.ActionVerify {
+			// A verify task says "drifted" by exiting non-zero; killed
+			// (-1), unrendered or cancelled jobs reached no verdict.
+			run.Result = api.VerifyError
+			if job.State == api.JobFailed && job.ExitCode != nil && *job.ExitCode > 0 {
+				run.Result = api.VerifyDrifted
+			}
+		}
 		return e.finishRun(ctx, &run, api.RunFailed, msg)
 	}
 	return nil
@@ -471,10 +510,8 @@ func (e *Engine) createJob(ctx context.Context, run *api.Run, jobName string) er
 	taskName := run.Tasks[run.Step]
 	timeout := e.cfg.DefaultTaskTimeout
 	var task api.Task
-	if err := get(ctx, e.st, api.KindTask, taskName, &task); err == nil && task.Timeout != "" {
-		if d, err := time.ParseDuration(task.Timeout); err == nil {
-			timeout = d
-		}
+	if err := get(ctx, e.st, api.KindTask, taskName, &task); err == nil {
+		timeout = e.taskTimeout(&task)
 	}
 	job := &api.Job{
 		Meta:     api.Meta{Kind: api.KindJob, Name: jobName, Labels: map[string]string{"machine": run.Machine, "run": run.Name}},
@@ -505,6 +542,13 @@ func (e *Engine) createJob(ctx context.Context, run *api.Run, jobName string) er
 // finishRun ends a run and applies its outcome to the machine in one
 // transaction.
 func (e *Engine) finishRun(ctx context.Context, run *api.Run, state, msg string) error {
+	if run.Action == api.ActionVerify && run.Result == "" {
+		run.Result = api.VerifyError
+		if state == api.RunSucceeded {
+			run.Result = api.VerifyInSync
+		}
+	}
+	applied := ""
 	for attempt := 0; ; attempt++ {
 		var m api.Machine
 		mErr := get(ctx, e.st, api.KindMachine, run.Machine, &m)
@@ -536,6 +580,25 @@ func (e *Engine) finishRun(ctx context.Context, run *api.Run, state, msg string)
 				m.Status.State = next
 				m.Status.StateChanged = &now
 			}
+			switch {
+			case run.Action == api.ActionVerify:
+				m.Status.LastVerify = &api.VerifyResult{Run: run.Name, Time: now, Result: run.Result, Job: run.FailedJob, Message: msg}
+			case state != api.RunSucceeded:
+			case recordsConfig(run.Action):
+				if applied == "" {
+					if applied, err = e.appliedDigest(ctx, run, &m); err != nil {
+						// Recorded as drift by the reconciler, with the reason.
+						applied = "unrenderable: " + err.Error()
+					}
+				}
+				m.Status.AppliedWorkflow, m.Status.AppliedConfig = run.Workflow, applied
+				m.Status.ConfigDrift, m.Status.ConfigDriftReason = false, ""
+				m.Status.LastVerify = nil
+			case run.Action == api.ActionDecommission:
+				m.Status.AppliedWorkflow, m.Status.AppliedConfig = "", ""
+				m.Status.ConfigDrift, m.Status.ConfigDriftReason = false, ""
+				m.Status.LastVerify = nil
+			}
 			mop, err := updateOp(&m)
 			if err != nil {
 				return err
@@ -553,59 +616,4 @@ func (e *Engine) finishRun(ctx context.Context, run *api.Run, state, msg string)
 		}
 		return err
 	}
-}
-
-// renderInput gathers what rendering needs for a machine.
-func (e *Engine) renderInput(ctx context.Context, m *api.Machine) (*render.Input, error) {
-	in := &render.Input{
-		Machine:   m,
-		Profiles:  map[string]*api.Profile{},
-		Params:    map[string]*api.Param{},
-		Templates: map[string]*api.Template{},
-		Secrets:   e.secrets,
-	}
-	for _, pn := range render.ProfileOrder(m) {
-		var p api.Profile
-		err := get(ctx, e.st, api.KindProfile, pn, &p)
-		if errors.Is(err, store.ErrNotFound) {
-			if pn == api.GlobalProfile {
-				continue
-			}
-			return nil, fmt.Errorf("machine %q uses profile %q, which does not exist", m.Name, pn)
-		}
-		if err != nil {
-			return nil, err
-		}
-		in.Profiles[pn] = &p
-	}
-	params, _, err := e.st.List(ctx, api.KindParam, store.ListOptions{})
-	if err != nil {
-		return nil, err
-	}
-	for _, rec := range params {
-		var p api.Param
-		if err := model.Decode(rec, &p); err == nil {
-			in.Params[p.Name] = &p
-		}
-	}
-	return in, nil
-}
-
-// RenderInput exposes renderInput for the API (effective params).
-func (e *Engine) RenderInput(ctx context.Context, m *api.Machine) (*render.Input, error) {
-	return e.renderInput(ctx, m)
-}
-
-func (e *Engine) loadTemplates(ctx context.Context, in *render.Input) error {
-	recs, _, err := e.st.List(ctx, api.KindTemplate, store.ListOptions{})
-	if err != nil {
-		return err
-	}
-	for _, rec := range recs {
-		var t api.Template
-		if err := model.Decode(rec, &t); err == nil {
-			in.Templates[t.Name] = &t
-		}
-	}
-	return nil
 }

@@ -123,6 +123,9 @@ func Validate(obj api.Object) error {
 		if err := validateParamNames(o.Params); err != nil {
 			return err
 		}
+		if err := ValidateProfileSelector(o); err != nil {
+			return &FieldError{Field: "selector", Err: err}
+		}
 	case *api.User:
 		if !contains([]string{api.RoleAdmin, api.RoleOperator, api.RoleViewer}, o.Role) {
 			return fieldErr("role", "unknown role %q (use admin, operator or viewer)", o.Role)
@@ -153,6 +156,26 @@ func ValidateParamName(name string) error {
 		if err := ValidateName(part); err != nil {
 			return fmt.Errorf("invalid param name %q", name)
 		}
+	}
+	return nil
+}
+
+// ValidateProfileSelector checks a profile's selector: it must parse, and
+// select something narrower than every machine (that is what the global
+// profile is for).
+func ValidateProfileSelector(p *api.Profile) error {
+	if p.Selector == "" {
+		return nil
+	}
+	if p.Name == api.GlobalProfile {
+		return errors.New("the global profile applies to every machine already and cannot have a selector; put the params in another profile with this selector")
+	}
+	sel, err := labels.Parse(p.Selector)
+	if err != nil {
+		return err
+	}
+	if sel.Empty() {
+		return errors.New("an empty selector would match every machine: leave selector out, or use the global profile")
 	}
 	return nil
 }

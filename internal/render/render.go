@@ -7,6 +7,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"slices"
 	"sort"
 	"strings"
 	"text/template"
@@ -24,8 +25,13 @@ type Opener interface {
 
 // Input is everything rendering for one machine needs.
 type Input struct {
-	Machine   *api.Machine
-	Profiles  map[string]*api.Profile
+	Machine *api.Machine
+	// Profiles holds the profiles the machine uses (its own, the selected
+	// ones and global), by name; a missing one is skipped.
+	Profiles map[string]*api.Profile
+	// Selected names the profiles whose selector matches the machine's
+	// labels, sorted by name. The caller finds them (see SelectProfiles).
+	Selected  []string
 	Params    map[string]*api.Param
 	Templates map[string]*api.Template
 	Secrets   Opener
@@ -39,24 +45,58 @@ type Value struct {
 }
 
 // ProfileOrder is the order profiles are searched for a machine: its own
-// profiles, then global.
-func ProfileOrder(m *api.Machine) []string {
-	order := make([]string, 0, len(m.Profiles)+1)
+// profiles in the order listed, then the profiles its labels select
+// (sorted by name, leaving out those it lists), then global.
+func ProfileOrder(m *api.Machine, selected []string) []string {
+	order := make([]string, 0, len(m.Profiles)+len(selected)+1)
 	seen := map[string]bool{}
-	for _, p := range m.Profiles {
-		if !seen[p] {
-			seen[p] = true
-			order = append(order, p)
+	add := func(names []string) {
+		for _, p := range names {
+			if !seen[p] {
+				seen[p] = true
+				order = append(order, p)
+			}
 		}
 	}
-	if !seen[api.GlobalProfile] {
-		order = append(order, api.GlobalProfile)
-	}
+	add(m.Profiles)
+	add(selected)
+	add([]string{api.GlobalProfile})
 	return order
 }
 
+// Order is ProfileOrder for the input's machine and selected profiles.
+func (in *Input) Order() []string { return ProfileOrder(in.Machine, in.Selected) }
+
+// Selector is what SelectProfiles needs of a parsed label selector.
+type Selector interface {
+	Matches(labels map[string]string) bool
+}
+
+// SelectProfiles returns, sorted by name, the profiles whose selector
+// matches the labels. Global is never selected: it applies to all.
+func SelectProfiles(labels map[string]string, selectors map[string]Selector) []string {
+	var out []string
+	for name, sel := range selectors {
+		if name != api.GlobalProfile && sel != nil && sel.Matches(labels) {
+			out = append(out, name)
+		}
+	}
+	sort.Strings(out)
+	return out
+}
+
+// profileSource says where a value found in profile pn comes from: the
+// machine's own list, or a selector matching its labels.
+func (in *Input) profileSource(pn string, p *api.Profile) string {
+	if pn == api.GlobalProfile || p.Selector == "" || slices.Contains(in.Machine.Profiles, pn) {
+		return "profile " + pn
+	}
+	return "profile " + pn + " (selector " + p.Selector + ")"
+}
+
 // Lookup finds a param for the machine: machine params, then its profiles
-// in order, then global, then the param's declared default.
+// in order, then the profiles its labels select, then global, then the
+// param's declared default.
 func (in *Input) Lookup(name string) (Value, bool) {
 	secure := false
 	if p := in.Params[name]; p != nil {
@@ -65,13 +105,13 @@ func (in *Input) Lookup(name string) (Value, bool) {
 	if v, ok := in.Machine.Params[name]; ok {
 		return Value{Value: v, Source: "machine " + in.Machine.Name, Secure: secure}, true
 	}
-	for _, pn := range ProfileOrder(in.Machine) {
+	for _, pn := range in.Order() {
 		p := in.Profiles[pn]
 		if p == nil {
 			continue
 		}
 		if v, ok := p.Params[name]; ok {
-			return Value{Value: v, Source: "profile " + pn, Secure: secure}, true
+			return Value{Value: v, Source: in.profileSource(pn, p), Secure: secure}, true
 		}
 	}
 	if p := in.Params[name]; p != nil && len(p.Default) > 0 {
@@ -86,7 +126,7 @@ func (in *Input) Effective() map[string]Value {
 	for n := range in.Machine.Params {
 		names[n] = true
 	}
-	for _, pn := range ProfileOrder(in.Machine) {
+	for _, pn := range in.Order() {
 		if p := in.Profiles[pn]; p != nil {
 			for n := range p.Params {
 				names[n] = true
@@ -131,7 +171,7 @@ func describeProfiles(ps []string) string {
 func (in *Input) Param(name string) (any, error) {
 	v, ok := in.Lookup(name)
 	if !ok {
-		return nil, &MissingParamError{Machine: in.Machine.Name, Param: name, Searched: ProfileOrder(in.Machine)}
+		return nil, &MissingParamError{Machine: in.Machine.Name, Param: name, Searched: in.Order()}
 	}
 	return in.decode(name, v.Value)
 }

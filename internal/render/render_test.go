@@ -8,6 +8,7 @@ import (
 	"testing"
 
 	"github.com/drover-project/drover/api"
+	"github.com/drover-project/drover/internal/labels"
 	"github.com/drover-project/drover/internal/secrets"
 )
 
@@ -81,12 +82,12 @@ func TestLookupOrder(t *testing.T) {
 	if _, ok := in.Lookup("nope"); ok {
 		t.Error("Lookup(nope) found something")
 	}
-	if got := ProfileOrder(in.Machine); strings.Join(got, ",") != "p1,p2,global" {
+	if got := ProfileOrder(in.Machine, nil); strings.Join(got, ",") != "p1,p2,global" {
 		t.Errorf("ProfileOrder = %v", got)
 	}
 	// A machine that lists global itself searches it where listed.
 	m := &api.Machine{Profiles: []string{"global", "p1"}}
-	if got := ProfileOrder(m); strings.Join(got, ",") != "global,p1" {
+	if got := ProfileOrder(m, nil); strings.Join(got, ",") != "global,p1" {
 		t.Errorf("ProfileOrder with global listed = %v", got)
 	}
 	eff := in.Effective()
@@ -95,6 +96,64 @@ func TestLookupOrder(t *testing.T) {
 	}
 	if !eff["pw"].Secure || eff["pw"].Source != "profile p2" || eff["m"].Secure {
 		t.Errorf("Effective pw = %+v, m = %+v", eff["pw"], eff["m"])
+	}
+}
+
+// Profiles selected by label come after the machine's own profiles and
+// before global, sorted by name; one the machine lists stays where listed.
+func TestSelectedProfilesLookupOrder(t *testing.T) {
+	in := input(t, newBox(t))
+	sel := func(s string) Selector {
+		ls, err := labels.Parse(s)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return ls
+	}
+	selectors := map[string]Selector{
+		"zz-compute": sel("role=compute"),
+		"aa-compute": sel("role in (compute,storage)"),
+		"p2":         sel("role=compute"), // listed by the machine already
+		"storage":    sel("role=storage"),
+		"global":     sel("role=compute"), // never selected
+	}
+	in.Selected = SelectProfiles(in.Machine.Labels, selectors)
+	if got := strings.Join(in.Selected, ","); got != "aa-compute,p2,zz-compute" {
+		t.Fatalf("SelectProfiles = %s", got)
+	}
+	in.Profiles["aa-compute"] = &api.Profile{Meta: api.Meta{Name: "aa-compute"}, Selector: "role in (compute,storage)", Params: map[string]json.RawMessage{"g": raw(`"aa"`), "q": raw(`"aa"`), "s": raw(`"aa"`)}}
+	in.Profiles["zz-compute"] = &api.Profile{Meta: api.Meta{Name: "zz-compute"}, Selector: "role=compute", Params: map[string]json.RawMessage{"s": raw(`"zz"`), "z": raw(`"zz"`)}}
+	in.Profiles["p2"].Selector = "role=compute"
+	if got := strings.Join(in.Order(), ","); got != "p1,p2,aa-compute,zz-compute,global" {
+		t.Errorf("Order = %s", got)
+	}
+	cases := []struct{ name, value, source string }{
+		{"m", `"machine"`, "machine n1"},
+		{"q", `"p2"`, "profile p2"}, // listed: no selector in the source
+		{"g", `"aa"`, "profile aa-compute (selector role in (compute,storage))"},
+		{"s", `"aa"`, "profile aa-compute (selector role in (compute,storage))"},
+		{"z", `"zz"`, "profile zz-compute (selector role=compute)"},
+		{"list", `["a","b"]`, "profile global"},
+		{"d", `"default"`, "param d default"},
+	}
+	for _, c := range cases {
+		v, ok := in.Lookup(c.name)
+		if !ok || string(v.Value) != c.value || v.Source != c.source {
+			t.Errorf("Lookup(%s) = %s from %q (%v), want %s from %q", c.name, v.Value, v.Source, ok, c.value, c.source)
+		}
+	}
+	// A label change is a new selection.
+	in.Machine.Labels = map[string]string{"role": "storage"}
+	in.Selected = SelectProfiles(in.Machine.Labels, selectors)
+	if got := strings.Join(in.Selected, ","); got != "aa-compute,storage" {
+		t.Fatalf("SelectProfiles after relabel = %s", got)
+	}
+	if v, _ := in.Lookup("z"); v.Value != nil {
+		t.Errorf("z still found after relabel: %+v", v)
+	}
+	_, err := in.Param("nope")
+	if err == nil || !strings.Contains(err.Error(), "profiles p1, p2, aa-compute, storage, global") {
+		t.Errorf("missing param error does not list the searched profiles: %v", err)
 	}
 }
 
