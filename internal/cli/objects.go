@@ -279,7 +279,7 @@ func printTable(w io.Writer, kind string, items []json.RawMessage, wide bool) er
 	}
 	switch kind {
 	case api.KindMachine:
-		fmt.Fprint(tw, "NAME\tSTATE\tREACHABLE\tLAST SEEN\tRUN\tCPUS\tMEMORY\tPROFILES\tLABELS")
+		fmt.Fprint(tw, "NAME\tSTATE\tREACHABLE\tLAST SEEN\tRUN\tDRIFT\tCPUS\tMEMORY\tPROFILES\tLABELS")
 		if wide {
 			fmt.Fprint(tw, "\tMAC\tLAST RUN\tMESSAGE")
 		}
@@ -331,7 +331,7 @@ func printTable(w io.Writer, kind string, items []json.RawMessage, wide bool) er
 				reach = "yes"
 			}
 			profiles := dash(strings.Join(o.Profiles, ","))
-			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s", o.Name, dash(o.Status.State), reach, age(o.Status.LastSeen), dash(o.Status.Run), cpus, mem, profiles, labelString(o.Labels))
+			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s", o.Name, dash(o.Status.State), reach, age(o.Status.LastSeen), dash(o.Status.Run), driftColumn(&o.Status), cpus, mem, profiles, labelString(o.Labels))
 			if wide {
 				fmt.Fprintf(tw, "\t%s\t%s\t%s", mac, dash(strings.TrimSpace(o.Status.LastRun+" "+o.Status.LastRunResult)), dash(o.Status.Message))
 			}
@@ -391,6 +391,26 @@ func printTable(w io.Writer, kind string, items []json.RawMessage, wide bool) er
 		}
 	}
 	return nil
+}
+
+// driftColumn sums up a machine's drift: config when what drover renders
+// for it changed since it was applied, node when its last verify found the
+// node differs, no when neither, - when it was never configured.
+func driftColumn(st *api.MachineStatus) string {
+	var parts []string
+	if st.ConfigDrift {
+		parts = append(parts, "config")
+	}
+	if st.LastVerify != nil && st.LastVerify.Result == api.VerifyDrifted {
+		parts = append(parts, "node")
+	}
+	switch {
+	case len(parts) > 0:
+		return strings.Join(parts, ",")
+	case st.AppliedWorkflow != "" || st.LastVerify != nil:
+		return "no"
+	}
+	return "-"
 }
 
 func newDeleteCmd() *cobra.Command {
