@@ -21,7 +21,7 @@ var actionHelp = map[string]string{
 	api.ActionDeploy:       "Deploy machines (ready → deploying → deployed)",
 	api.ActionUpgrade:      "Upgrade deployed machines (deployed → upgrading → deployed)",
 	api.ActionDecommission: "Decommission machines and clean them up (→ decommissioning → decommissioned)",
-	api.ActionVerify:       "Run the verify workflow on machines (state unchanged)",
+	api.ActionVerify:       "Run the verify workflow on machines and report each in-sync or drifted (state unchanged)",
 }
 
 func newActionCmd(action string) *cobra.Command {
@@ -86,6 +86,9 @@ param ` + action + `/workflow of each machine.`,
 			failed, err := waitRuns(ctx, c, action, before.Revision, runs, out, errw)
 			if err != nil {
 				return err
+			}
+			if action == api.ActionVerify && (failed > 0 || refused > 0) {
+				return exitError{code: 1, msg: fmt.Sprintf("verify: %d machines not in sync, refused on %d", failed, refused)}
 			}
 			if failed > 0 || refused > 0 {
 				return exitError{code: 1, msg: fmt.Sprintf("%s failed on %d machines, refused on %d", action, failed, refused)}
@@ -200,6 +203,9 @@ func waitRuns(ctx context.Context, c *api.Client, action string, from int64, run
 		}
 	}
 	progress(true)
+	if action == api.ActionVerify {
+		return printVerdicts(ctx, c, runs, state, out, time.Since(start)), nil
+	}
 	failed := 0
 	names := sortedKeys(runs)
 	for _, name := range names {
