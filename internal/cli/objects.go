@@ -293,7 +293,7 @@ func printTable(w io.Writer, kind string, items []json.RawMessage, wide bool) er
 	case api.KindWorkflow:
 		fmt.Fprintln(tw, "NAME\tTASKS\tLABELS\tSOURCE")
 	case api.KindProfile:
-		fmt.Fprintln(tw, "NAME\tPARAMS\tLABELS\tSOURCE")
+		fmt.Fprintln(tw, "NAME\tSELECTOR\tPARAMS\tLABELS\tSOURCE")
 	case api.KindParam:
 		fmt.Fprintln(tw, "NAME\tTYPE\tSECURE\tDEFAULT\tSOURCE")
 	case api.KindUser:
@@ -362,7 +362,7 @@ func printTable(w io.Writer, kind string, items []json.RawMessage, wide bool) er
 			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\n", o.Name, strings.Join(o.Tasks, ","), labelString(o.Labels), sourceString(o.Source))
 		case *api.Profile:
 			keys := model.SortedKeys(o.Params)
-			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\n", o.Name, dash(strings.Join(keys, ",")), labelString(o.Labels), sourceString(o.Source))
+			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\n", o.Name, dash(o.Selector), dash(strings.Join(keys, ",")), labelString(o.Labels), sourceString(o.Source))
 		case *api.Param:
 			def := "-"
 			if len(o.Default) > 0 {
