@@ -271,6 +271,9 @@ func newMachinesCmd() *cobra.Command {
 					if m.Status.Run != "" {
 						run = " run " + m.Status.Run
 					}
+					if d := driftColumn(&m.Status); d != "-" && d != "no" {
+						run += " drift " + d
+					}
 					fmt.Fprintf(out, "%s  %-20s %-16s %s%s\n", ts, m.Name, m.Status.State, reach, run)
 					return nil
 				})
