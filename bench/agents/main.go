@@ -42,6 +42,7 @@ func main() {
 	maxJobs := flag.Int("max-concurrent-jobs", 10, "the server's global job limit")
 	bin := flag.String("drover", os.Getenv("DROVER_BIN"), "drover binary")
 	heapProfile = flag.String("heap-profile", "", "write the server's heap profile at the end to this file")
+	serverArgs = flag.String("server-args", "", "extra flags for drover server, space-separated (e.g. \"--gc-percent 100\")")
 	goroutineProfile = flag.String("goroutine-profile", "", "write the server's goroutines (debug=1 text) at the end to this file")
 	flag.Parse()
 	if *bin == "" {
@@ -53,7 +54,19 @@ func main() {
 	}
 }
 
-var heapProfile, goroutineProfile *string
+var heapProfile, goroutineProfile, serverArgs *string
+
+// phaseMax is the highest RSS sampled since the last phase began.
+var phaseMax atomic.Int64
+
+func phasePeak(kb int64) {
+	for {
+		cur := phaseMax.Load()
+		if kb <= cur || phaseMax.CompareAndSwap(cur, kb) {
+			return
+		}
+	}
+}
 
 func freeAddr() (string, error) {
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
@@ -76,8 +89,10 @@ func run(bin string, n, maxJobs int) error {
 	}
 	const password = "bench-admin-password"
 	logf, _ := os.Create(filepath.Join(dir, "server.log"))
-	srv := exec.Command(bin, "server", "--data-dir", filepath.Join(dir, "server"), "--listen", addr,
-		"--max-concurrent-jobs", strconv.Itoa(maxJobs), "--log-level", "warn")
+	args := []string{"server", "--data-dir", filepath.Join(dir, "server"), "--listen", addr,
+		"--max-concurrent-jobs", strconv.Itoa(maxJobs), "--log-level", "warn"}
+	args = append(args, strings.Fields(*serverArgs)...)
+	srv := exec.Command(bin, args...)
 	srv.Env = append(os.Environ(), "DROVER_ADMIN_PASSWORD="+password)
 	srv.Stdout, srv.Stderr = logf, logf
 	if err := srv.Start(); err != nil {
@@ -124,7 +139,7 @@ func run(bin string, n, maxJobs int) error {
 		return 0, nil
 	})
 
-	fmt.Printf("drover server vs %d simulated agents (one process; each agent its own HTTPS connection), --max-concurrent-jobs %d, %d cores\n", n, maxJobs, numCPU())
+	fmt.Printf("drover server vs %d simulated agents (one process; each agent its own HTTPS connection), --max-concurrent-jobs %d %s, %d cores\n", n, maxJobs, *serverArgs, numCPU())
 	start := time.Now()
 	agentCtx, stop := context.WithCancel(ctx)
 	var wg sync.WaitGroup
@@ -179,6 +194,7 @@ func run(bin string, n, maxJobs int) error {
 			if rss := rssKB(srv.Process.Pid); rss > peakRSS.Load() {
 				peakRSS.Store(rss)
 			}
+			phasePeak(rssKB(srv.Process.Pid))
 			time.Sleep(200 * time.Millisecond)
 		}
 	}()
@@ -208,7 +224,7 @@ func run(bin string, n, maxJobs int) error {
 		time.Sleep(500 * time.Millisecond)
 	}
 	registered := time.Since(start)
-	fmt.Printf("  all %d registered in %s\n", n, registered.Round(time.Millisecond))
+	fmt.Printf("  all %d registered in %s; server RSS peak so far %.0f MiB, now %.0f MiB\n", n, registered.Round(time.Millisecond), float64(phaseMax.Swap(0))/1024, float64(rssKB(srv.Process.Pid))/1024)
 	t1 := time.Now()
 	resp, err := c.Action(ctx, api.ActionCommission, "all", "")
 	if err != nil {
@@ -237,6 +253,7 @@ func run(bin string, n, maxJobs int) error {
 		time.Sleep(500 * time.Millisecond)
 	}
 	total := time.Since(start)
+	fmt.Printf("  server RSS peak while the workflow ran %.0f MiB, now %.0f MiB\n", float64(phaseMax.Swap(0))/1024, float64(rssKB(srv.Process.Pid))/1024)
 	stopSampling()
 	sampler.Wait()
 	// Latency on the settled server, apart from latency under load.
@@ -253,6 +270,8 @@ func run(bin string, n, maxJobs int) error {
 	if rss := rssKB(srv.Process.Pid); rss > peakRSS.Load() {
 		peakRSS.Store(rss)
 	}
+	fmt.Printf("  server memory at the end: RSS %.0f MiB = anonymous %.0f MiB (Go heap, stacks) + file %.0f MiB (the store's memory-mapped database)\n",
+		float64(rssKB(srv.Process.Pid))/1024, float64(statusKB(srv.Process.Pid, "RssAnon"))/1024, float64(statusKB(srv.Process.Pid, "RssFile"))/1024)
 	hwm := hwmKB(srv.Process.Pid)
 	if hwm > peakRSS.Load() {
 		peakRSS.Store(hwm)

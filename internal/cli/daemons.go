@@ -72,6 +72,7 @@ func newServerCmd() *cobra.Command {
 	f.IntVar(&cfg.Engine.MaxConcurrentJobs, "max-concurrent-jobs", 10, "jobs running at once across all machines")
 	f.StringVar(&hb, "heartbeat-interval", "10s", "how often agents heartbeat")
 	f.StringVar(&reach, "reachable-timeout", "30s", "mark a machine unreachable after this long without a heartbeat")
+	f.IntVar(&cfg.RetainEvents, "retain-events", 100000, "revisions of history kept for watchers (UI, managers) to resume from; older ones must re-list")
 	f.BoolVar(&cfg.NoDefaultContent, "no-default-content", false, "do not install (or upgrade) the content pack built into drover at start")
 	f.IntVar(&gcPercent, "gc-percent", 50, "heap growth allowed between garbage collections, in percent: lower uses less memory and more CPU (GOGC in the environment wins)")
 	return cmd
