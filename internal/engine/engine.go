@@ -83,6 +83,11 @@ type Engine struct {
 	timers   map[string]*time.Timer
 
 	ready chan struct{}
+
+	// rollouts and policies are the reconcilers of rolling operations
+	// and automatic policies (rollout.go, policy.go).
+	rollouts *rolloutController
+	policies *policyController
 }
 
 // New makes an engine; Run starts it.
@@ -105,6 +110,8 @@ func New(st store.Store, cfg Config, secrets render.Opener, log *slog.Logger) *E
 	}
 	e.disp = newDispatcher(cfg.MaxConcurrentJobs)
 	e.reach = newReachability(e)
+	e.rollouts = newRolloutController(e)
+	e.policies = newPolicyController(e)
 	e.drift = newDriftTracker(e)
 	return e
 }
@@ -134,6 +141,11 @@ func (e *Engine) Run(ctx context.Context) error {
 	go func() {
 		defer wg.Done()
 		e.reach.run(ctx)
+	}()
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		e.runControllers(ctx)
 	}()
 	go func() {
 		defer wg.Done()
@@ -212,6 +224,9 @@ func (e *Engine) resync(ctx context.Context) (int64, error) {
 		return 0, err
 	}
 	e.reach.load(machines)
+	if err := e.resyncControllers(ctx, machines); err != nil {
+		return 0, err
+	}
 	cfg, _, err := loadConfig(ctx, e.st)
 	if err != nil {
 		return 0, err
@@ -228,6 +243,7 @@ func (e *Engine) follow(ctx context.Context, from int64) error {
 		return err
 	}
 	for ev := range ch {
+		e.observeForControllers(ev)
 		if changed, before, after := e.configs.observe(ev); len(changed) > 0 {
 			e.drift.configChanged(changed, before, after)
 		}

@@ -40,6 +40,8 @@ var kinds = []KindInfo{
 	{Kind: api.KindJoinToken, Plural: "jointokens", New: func() api.Object { return &api.JoinToken{} }, Aliases: []string{"join-token", "join-tokens"}, Managed: true},
 	{Kind: api.KindToken, Plural: "tokens", New: func() api.Object { return &api.Token{} }, Managed: true},
 	{Kind: api.KindAudit, Plural: "audit", New: func() api.Object { return &api.Audit{} }, Managed: true},
+	{Kind: api.KindRollout, Plural: "rollouts", New: func() api.Object { return &api.Rollout{} }, Aliases: []string{"ro"}, Managed: true},
+	{Kind: api.KindPolicy, Plural: "policies", New: func() api.Object { return &api.Policy{} }},
 	{Kind: api.KindContentPack, Plural: "contentpacks", New: func() api.Object { return &api.ContentPack{} }, Aliases: []string{"contentpack", "pack", "packs"}, Managed: true},
 }
 

@@ -126,6 +126,8 @@ func Validate(obj api.Object) error {
 		if err := ValidateProfileSelector(o); err != nil {
 			return &FieldError{Field: "selector", Err: err}
 		}
+	case *api.Policy:
+		return validatePolicy(o)
 	case *api.User:
 		if !contains([]string{api.RoleAdmin, api.RoleOperator, api.RoleViewer}, o.Role) {
 			return fieldErr("role", "unknown role %q (use admin, operator or viewer)", o.Role)
