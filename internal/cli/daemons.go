@@ -59,7 +59,11 @@ func newServerCmd() *cobra.Command {
 				fmt.Fprintf(out, "Initial admin password (shown once; also in %s):\n\n    %s\n\n",
 					filepath.Join(cfg.DataDir, "initial-admin-password"), srv.InitialAdminPassword)
 			}
-			fmt.Fprintf(out, "drover server listening on https://%s (CA: %s)\n", srv.Addr(), srv.CAPath())
+			ca := srv.CAPath()
+			if ca == "" {
+				ca = "your own, from --tls-cert"
+			}
+			fmt.Fprintf(out, "drover server listening on https://%s (CA: %s)\n", srv.Addr(), ca)
 			return srv.Serve(cmd.Context())
 		},
 	}

@@ -706,6 +706,12 @@ func (s *Server) sealParams(params map[string]json.RawMessage, declared map[stri
 			return &model.FieldError{Field: "params." + name, Err: err}
 		}
 		if decl.Secure {
+			// The same secret again keeps its stored form: sealing anew
+			// would make every re-apply of an unchanged file an update.
+			if prev, ok := old[name]; ok && s.sameSecret(prev, v) {
+				params[name] = prev
+				continue
+			}
 			sealed, err := s.box.Seal(v)
 			if err != nil {
 				return err
@@ -715,6 +721,21 @@ func (s *Server) sealParams(params map[string]json.RawMessage, declared map[stri
 		}
 	}
 	return nil
+}
+
+// sameSecret reports whether stored (a sealed JSON string) holds the JSON
+// value v.
+func (s *Server) sameSecret(stored, v json.RawMessage) bool {
+	var sv string
+	if json.Unmarshal(stored, &sv) != nil {
+		return false
+	}
+	plain, err := s.box.Open(sv)
+	if err != nil {
+		return false
+	}
+	var a, b bytes.Buffer
+	return json.Compact(&a, plain) == nil && json.Compact(&b, v) == nil && bytes.Equal(a.Bytes(), b.Bytes())
 }
 
 // auditOp records a write in the same transaction as the write itself.
