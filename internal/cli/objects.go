@@ -6,6 +6,8 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"regexp"
+	"strconv"
 	"strings"
 	"text/tabwriter"
 	"time"
@@ -31,6 +33,9 @@ func newApplyCmd() *cobra.Command {
 				return fmt.Errorf("give -f FILE (or -f - for stdin)")
 			}
 			var docs []json.RawMessage
+			// Where each document came from, to put the server's errors
+			// ("document 7") back in the user's terms.
+			var origins []docOrigin
 			for _, f := range files {
 				var r io.Reader
 				if f == "-" {
@@ -69,6 +74,7 @@ func newApplyCmd() *cobra.Command {
 						return fmt.Errorf("%s: %w (nothing was applied)", f, err)
 					}
 					docs = append(docs, d.JSON)
+					origins = append(origins, docOrigin{file: f, index: d.Index, line: d.Line})
 				}
 			}
 			if len(docs) == 0 {
@@ -80,7 +86,7 @@ func newApplyCmd() *cobra.Command {
 			}
 			resp, err := c.Apply(cmd.Context(), docs)
 			if err != nil {
-				return fmt.Errorf("%s (nothing was applied)", explain(err))
+				return fmt.Errorf("%s (nothing was applied)", locateDocument(explain(err), origins))
 			}
 			for _, r := range resp.Results {
 				fmt.Fprintf(cmd.OutOrStdout(), "%s/%s %s\n", strings.ToLower(r.Kind), r.Name, r.Action)
@@ -91,6 +97,36 @@ func newApplyCmd() *cobra.Command {
 	addClientFlags(cmd)
 	cmd.Flags().StringSliceVarP(&files, "filename", "f", nil, "file to apply (- for stdin); repeatable")
 	return cmd
+}
+
+type docOrigin struct {
+	file        string
+	index, line int
+}
+
+var serverDocRef = regexp.MustCompile(`^document (\d+)(?: \(line \d+\))?`)
+
+// locateDocument rewrites the server's "document N" (N counting across
+// every file sent) as the file, document and line it came from.
+func locateDocument(msg string, origins []docOrigin) string {
+	m := serverDocRef.FindStringSubmatchIndex(msg)
+	if m == nil {
+		return msg
+	}
+	n, err := strconv.Atoi(msg[m[2]:m[3]])
+	if err != nil || n < 1 || n > len(origins) {
+		return msg
+	}
+	o := origins[n-1]
+	name := o.file
+	if name == "-" {
+		name = "stdin"
+	}
+	where := fmt.Sprintf("%s: document %d", name, o.index)
+	if o.line > 0 {
+		where += fmt.Sprintf(" (line %d)", o.line)
+	}
+	return where + msg[m[1]:]
 }
 
 func newGetCmd() *cobra.Command {
