@@ -1,6 +1,11 @@
 package api
 
-import "time"
+import (
+	"context"
+	"net/http"
+	"net/url"
+	"time"
+)
 
 // Kinds of rolling operations and automatic policies.
 const (
@@ -188,4 +193,22 @@ type PolicySkip struct {
 	Machine string `json:"machine"`
 	Rollout string `json:"rollout"`
 	Reason  string `json:"reason"`
+}
+
+// StartRollout starts a rolling action; the answer is the new rollout.
+func (c *Client) StartRollout(ctx context.Context, req RolloutRequest) (*Rollout, error) {
+	var out Rollout
+	return &out, c.Do(ctx, http.MethodPost, "/api/v1/rollouts", req, &out)
+}
+
+// ResumeRollout lets a paused rollout go on.
+func (c *Client) ResumeRollout(ctx context.Context, name string, retryFailed bool) (*Rollout, error) {
+	var out Rollout
+	return &out, c.Do(ctx, http.MethodPost, "/api/v1/rollouts/"+url.PathEscape(name)+"/resume", RolloutResumeRequest{RetryFailed: retryFailed}, &out)
+}
+
+// CancelRollout stops a rollout from starting machines.
+func (c *Client) CancelRollout(ctx context.Context, name string) (*Rollout, error) {
+	var out Rollout
+	return &out, c.Do(ctx, http.MethodPost, "/api/v1/rollouts/"+url.PathEscape(name)+"/cancel", struct{}{}, &out)
 }

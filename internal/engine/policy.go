@@ -290,7 +290,7 @@ func (c *policyController) pass(ctx context.Context, name string) error {
 			BatchSize: p.BatchSize, MaxUnavailable: p.MaxUnavailable, MaxFailures: policyMaxFailures(&p), PauseBetween: p.PauseBetween,
 			Policy: p.Name, PolicyDigest: digest, User: "policy/" + p.Name,
 		}
-		if err := e.CreateRollout(ctx, r); err != nil {
+		if err := e.CreateRollout(ctx, r, nil); err != nil {
 			return err
 		}
 		e.log.Info("policy started a rollout", "policy", p.Name, "rollout", r.Name, "machines", r.Nodes)

@@ -44,19 +44,17 @@ type RolloutStateError struct{ Msg string }
 
 func (e *RolloutStateError) Error() string { return e.Msg }
 
+// InvalidRolloutError says what is wrong with a new rollout's settings.
+type InvalidRolloutError struct{ Err error }
+
+func (e *InvalidRolloutError) Error() string { return e.Err.Error() }
+func (e *InvalidRolloutError) Unwrap() error { return e.Err }
+
 // NewRollout checks a rollout's settings and fills its initial status. The
 // machines go in the order given.
 func NewRollout(r *api.Rollout, now time.Time) error {
-	if !slices.Contains(model.RolloutActions, r.Action) {
-		return fmt.Errorf("a rollout runs %s, not %q", strings.Join(model.RolloutActions, ", "), r.Action)
-	}
-	if r.Workflow != "" {
-		if err := model.ValidateName(r.Workflow); err != nil {
-			return fmt.Errorf("workflow: %w", err)
-		}
-	}
-	if err := model.ValidateRolloutSettings(r.BatchSize, r.MaxUnavailable, r.MaxFailures, r.PauseBetween); err != nil {
-		return err
+	if err := checkRollout(r); err != nil {
+		return &InvalidRolloutError{err}
 	}
 	if r.Name == "" {
 		prefix := r.Action
@@ -74,22 +72,39 @@ func NewRollout(r *api.Rollout, now time.Time) error {
 		r.Labels[LabelPolicy] = r.Policy
 	}
 	r.Status = api.RolloutStatus{State: api.RolloutRunning, StartedAt: now.UTC()}
-	seen := map[string]bool{}
 	for _, m := range r.Machines {
-		if seen[m] {
-			return fmt.Errorf("machine %q is listed twice", m)
-		}
-		seen[m] = true
 		r.Status.Machines = append(r.Status.Machines, api.RolloutMachine{Name: m, State: api.RolloutMachinePending})
 	}
 	recount(r)
 	return nil
 }
 
-// CreateRollout writes a new rollout (see NewRollout) with extra ops in the
-// same transaction (an audit entry); the engine picks it up from the event
-// stream.
-func (e *Engine) CreateRollout(ctx context.Context, r *api.Rollout, extra ...store.Op) error {
+func checkRollout(r *api.Rollout) error {
+	if !slices.Contains(model.RolloutActions, r.Action) {
+		return fmt.Errorf("a rollout runs %s, not %q", strings.Join(model.RolloutActions, ", "), r.Action)
+	}
+	if r.Workflow != "" {
+		if err := model.ValidateName(r.Workflow); err != nil {
+			return fmt.Errorf("workflow: %w", err)
+		}
+	}
+	if len(r.Machines) == 0 {
+		return errors.New("a rollout needs at least one machine")
+	}
+	seen := map[string]bool{}
+	for _, m := range r.Machines {
+		if seen[m] {
+			return fmt.Errorf("machine %q is listed twice", m)
+		}
+		seen[m] = true
+	}
+	return model.ValidateRolloutSettings(r.BatchSize, r.MaxUnavailable, r.MaxFailures, r.PauseBetween)
+}
+
+// CreateRollout writes a new rollout (see NewRollout), with the ops extra
+// makes for it (an audit entry) in the same transaction; the engine picks
+// it up from the event stream.
+func (e *Engine) CreateRollout(ctx context.Context, r *api.Rollout, extra func(*api.Rollout) []store.Op) error {
 	if err := NewRollout(r, e.now()); err != nil {
 		return err
 	}
@@ -97,7 +112,11 @@ func (e *Engine) CreateRollout(ctx context.Context, r *api.Rollout, extra ...sto
 	if err != nil {
 		return err
 	}
-	recs, _, err := e.st.Txn(ctx, append([]store.Op{op}, extra...))
+	ops := []store.Op{op}
+	if extra != nil {
+		ops = append(ops, extra(r)...)
+	}
+	recs, _, err := e.st.Txn(ctx, ops)
 	if err != nil {
 		return err
 	}

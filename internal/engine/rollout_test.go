@@ -89,7 +89,7 @@ func (e *env) startRollout(r *api.Rollout) *api.Rollout {
 	if r.User == "" {
 		r.User = "test"
 	}
-	if err := e.eng.CreateRollout(context.Background(), r); err != nil {
+	if err := e.eng.CreateRollout(context.Background(), r, nil); err != nil {
 		e.t.Fatal(err)
 	}
 	return r

@@ -46,6 +46,9 @@ func (s *Server) routes(ctx context.Context) http.Handler {
 	mux.HandleFunc("GET /api/v1/jobs/{name}/log", s.userOnly(s.handleJobLog))
 	mux.HandleFunc("GET /api/v1/events", s.userOnly(s.handleEvents))
 	mux.HandleFunc("POST /api/v1/join-tokens", s.userOnly(s.handleCreateJoinToken))
+	mux.HandleFunc("POST /api/v1/rollouts", s.userOnly(s.handleStartRollout))
+	mux.HandleFunc("POST /api/v1/rollouts/{name}/resume", s.userOnly(s.handleResumeRollout))
+	mux.HandleFunc("POST /api/v1/rollouts/{name}/cancel", s.userOnly(s.handleCancelRollout))
 	mux.HandleFunc("POST /api/v1/content", s.userOnly(s.handleContentPush))
 	mux.HandleFunc("DELETE /api/v1/content/{name}", s.userOnly(s.handleContentRemove))
 
