@@ -28,6 +28,7 @@ func newActionCmd(action string) *cobra.Command {
 	var workflow string
 	var wait bool
 	var timeout time.Duration
+	var rolling rolloutFlags
 	cmd := &cobra.Command{
 		Use:   action + " NODES",
 		Short: actionHelp[action],
@@ -38,6 +39,9 @@ and exclusions with ! (n[1-10],!n3). The workflow is --workflow, else the
 param ` + action + `/workflow of each machine.`,
 		Args: cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
+			if rolling.given(cmd) {
+				return startRollout(cmd, action, args[0], workflow, rolling, wait, timeout)
+			}
 			c, err := client(cmd)
 			if err != nil {
 				return err
@@ -100,6 +104,9 @@ param ` + action + `/workflow of each machine.`,
 	cmd.Flags().StringVar(&workflow, "workflow", "", "workflow to run (default: param "+action+"/workflow)")
 	cmd.Flags().BoolVar(&wait, "wait", false, "wait for every machine to finish, showing progress")
 	cmd.Flags().DurationVar(&timeout, "timeout", 0, "with --wait: give up waiting after this long")
+	if action != api.ActionVerify {
+		addRolloutFlags(cmd, &rolling)
+	}
 	return cmd
 }
 

@@ -135,7 +135,7 @@ func newGetCmd() *cobra.Command {
 	cmd := &cobra.Command{
 		Use:   "get KIND [NAME]",
 		Short: "Show objects",
-		Long:  "Show objects. Kinds: machines, profiles, params, templates, tasks, workflows, runs, jobs, users, jointokens, tokens, audit.",
+		Long:  "Show objects. Kinds: machines, profiles, params, templates, tasks, workflows, runs, jobs, users, jointokens, tokens, audit, rollouts, policies.",
 		Args:  cobra.RangeArgs(1, 2),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			k, err := model.Lookup(args[0])
@@ -301,8 +301,15 @@ func dash(s string) string {
 	return s
 }
 
+// tableFormats print the tables of kinds whose code lives in their own
+// file (rollouts.go).
+var tableFormats = map[string]func(w io.Writer, items []json.RawMessage, wide bool) error{}
+
 // printTable prints objects as an aligned table with columns per kind.
 func printTable(w io.Writer, kind string, items []json.RawMessage, wide bool) error {
+	if f := tableFormats[kind]; f != nil {
+		return f(w, items, wide)
+	}
 	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
 	defer tw.Flush()
 	k, err := model.Lookup(kind)

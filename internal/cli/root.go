@@ -82,6 +82,7 @@ func NewRoot(stdin io.Reader, stdout, stderr io.Writer) *cobra.Command {
 		newMachinesCmd(),
 		newJoinTokenCmd(),
 		newDemoCmd(),
+		newRolloutsCmd(),
 		newContentCmd(),
 	)
 	for _, a := range []string{api.ActionCommission, api.ActionDeploy, api.ActionUpgrade, api.ActionDecommission, api.ActionVerify} {
