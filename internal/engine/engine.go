@@ -137,7 +137,7 @@ func (e *Engine) Run(ctx context.Context) error {
 			e.runWorker(ctx)
 		}()
 	}
-	wg.Add(3)
+	wg.Add(2)
 	go func() {
 		defer wg.Done()
 		e.reach.run(ctx)
@@ -151,10 +151,13 @@ func (e *Engine) Run(ctx context.Context) error {
 		defer wg.Done()
 		e.drift.run(ctx)
 	}()
-	go func() {
-		defer wg.Done()
-		e.driftWorker(ctx)
-	}()
+	for range driftWorkers {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			e.driftWorker(ctx)
+		}()
+	}
 
 	first := true
 	for ctx.Err() == nil {
