@@ -2,6 +2,7 @@ package bolt
 
 import (
 	"context"
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"path/filepath"
@@ -289,3 +290,56 @@ func FuzzDecode(f *testing.F) {
 		d.decodeEvents(1, b, nil)
 	})
 }
+
+// History of big records is stored compressed, and replays byte for byte,
+// also after a reopen.
+func TestHistoryCompressed(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "drover.db")
+	s := openAt(t, path, Options{})
+	var want []string
+	for i := range 20 {
+		data := fmt.Sprintf(`{"kind":"Machine","name":"n%d","status":{"inventory":{"disks":[%s]}}}`, i,
+			strings.TrimSuffix(strings.Repeat(fmt.Sprintf(`{"name":"sd%d","sizeBytes":480103981056,"model":"MZ7LH480HBHQ0D3"},`, i), 12), ","))
+		want = append(want, data)
+		if _, err := store.Put(t.Context(), s, "Machine", fmt.Sprint("n", i), map[string]string{"rack": "r1"}, []byte(data), 0); err != nil {
+			t.Fatal(err)
+		}
+	}
+	var stored, plain int
+	err := s.db.View(func(tx *bolt.Tx) error {
+		return tx.Bucket(bucketEvents).ForEach(func(k, v []byte) error {
+			if v[0] != eventsZstd {
+				return fmt.Errorf("history of revision %d is not compressed (format %d, %d bytes)", binary.BigEndian.Uint64(k), v[0], len(v))
+			}
+			stored += len(v)
+			return nil
+		})
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, w := range want {
+		plain += len(w)
+	}
+	if stored*2 > plain {
+		t.Errorf("compressed history is %d bytes for %d bytes of records", stored, plain)
+	}
+	check := func(s *Store) {
+		t.Helper()
+		ch, err := s.Watch(t.Context(), 0)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for i, w := range want {
+			ev := <-ch
+			if string(ev.Record.Data) != w || ev.Record.Labels["rack"] != "r1" || ev.Revision != int64(i+1) || !ev.Last {
+				t.Fatalf("replayed event %d = %s %q %v", i, fmtEv(ev), ev.Record.Data, ev.Record.Labels)
+			}
+		}
+	}
+	check(s)
+	s.Close()
+	check(openAt(t, path, Options{}))
+}
+
+func fmtEv(e store.Event) string { return fmt.Sprintf("%s@%d last=%v", e.Type, e.Revision, e.Last) }
