@@ -177,15 +177,23 @@ func run(bin string, n, maxJobs int) error {
 	views := []string{api.ViewSummary, api.ViewFull}
 	lats := map[string][]time.Duration{}
 	var peakRSS atomic.Int64
+	// The sampler is its own client on its own connection, like a user
+	// running `drover get machines` while the bench's progress polling
+	// (a list every half second) uses c: on one HTTP/2 connection the
+	// sampler's responses would queue behind those.
+	sampler, err := api.NewClient(endpoint, ca, c.Token)
+	if err != nil {
+		return err
+	}
 	sampleCtx, stopSampling := context.WithCancel(ctx)
 	defer stopSampling()
-	var sampler sync.WaitGroup
-	sampler.Add(1)
+	var sampling sync.WaitGroup
+	sampling.Add(1)
 	go func() {
-		defer sampler.Done()
+		defer sampling.Done()
 		for sampleCtx.Err() == nil {
 			for _, v := range views {
-				if d, _, err := getMachines(sampleCtx, c, v); err == nil {
+				if d, _, err := getMachines(sampleCtx, sampler, v); err == nil {
 					latMu.Lock()
 					lats[v] = append(lats[v], d)
 					latMu.Unlock()
@@ -200,7 +208,7 @@ func run(bin string, n, maxJobs int) error {
 	}()
 
 	count := func(state string) (int, int, error) {
-		l, err := c.List(ctx, "machines", "")
+		l, err := c.ListView(ctx, "machines", "", api.ViewSummary)
 		if err != nil {
 			return 0, 0, err
 		}
@@ -255,13 +263,13 @@ func run(bin string, n, maxJobs int) error {
 	total := time.Since(start)
 	fmt.Printf("  server RSS peak while the workflow ran %.0f MiB, now %.0f MiB\n", float64(phaseMax.Swap(0))/1024, float64(rssKB(srv.Process.Pid))/1024)
 	stopSampling()
-	sampler.Wait()
+	sampling.Wait()
 	// Latency on the settled server, apart from latency under load.
 	settled := map[string][]time.Duration{}
 	listBytes := map[string]int64{}
 	for i := 0; i < 50; i++ {
 		for _, v := range views {
-			if d, size, err := getMachines(ctx, c, v); err == nil {
+			if d, size, err := getMachines(ctx, sampler, v); err == nil {
 				settled[v] = append(settled[v], d)
 				listBytes[v] = size
 			}

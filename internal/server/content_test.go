@@ -339,3 +339,40 @@ func TestBuiltinContent(t *testing.T) {
 		t.Fatalf("workflow commission = %q", got)
 	}
 }
+
+// A drover binary with a newer built-in pack upgrades the installed one at
+// start; an older or equal one leaves it alone.
+func TestBuiltinContentUpgradesAtStart(t *testing.T) {
+	dir := t.TempDir()
+	cfg := Config{DataDir: dir, Listen: "127.0.0.1:0", AdminPassword: testAdminPassword, PasswordHashCost: bcrypt.MinCost,
+		Logger: slog.New(slog.NewTextHandler(io.Discard, nil)), NoDefaultContent: true}
+	s, err := New(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	old := mustPack(t, "kind: ContentPack\nname: "+content.DefaultName+"\nversion: 0.9.0\n---\nkind: Task\nname: retired\nscript: echo old\n")
+	if _, err := s.installPack(context.Background(), systemPrincipal, old, true); err != nil {
+		t.Fatal(err)
+	}
+	s.Close()
+	cfg.NoDefaultContent = false
+	s, err = New(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	installed, err := s.installedPacks(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	cp := installed[content.DefaultName]
+	if cp == nil || cp.Version != content.Default().Version || cp.Status.PreviousVersion != "0.9.0" {
+		t.Fatalf("after start: %+v", cp)
+	}
+	if _, err := s.Store().Get(context.Background(), "Task", "retired"); err == nil {
+		t.Fatal("the task only the old built-in pack had is still there")
+	}
+	if !strings.Contains(strings.Join(cp.Status.Changes.Removed, ","), "Task/retired") {
+		t.Fatalf("changes = %+v", cp.Status.Changes)
+	}
+}

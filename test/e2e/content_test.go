@@ -1,6 +1,7 @@
 package e2e
 
 import (
+	packs "github.com/drover-project/drover/internal/content"
 	"io/fs"
 	"os"
 	"path/filepath"
@@ -82,7 +83,7 @@ func TestBuiltinContentOnRealAgents(t *testing.T) {
 		t.Fatalf("content list: %v %s %s", err, out, errs)
 	}
 	out, _, _ = s.cli("", "get", "workflows")
-	if !strings.Contains(out, "SOURCE") || !strings.Contains(out, "drover-default@1.0.0") {
+	if !strings.Contains(out, "SOURCE") || !strings.Contains(out, "drover-default@"+packs.Default().Version) {
 		t.Fatalf("get workflows does not show where they come from:\n%s", out)
 	}
 
