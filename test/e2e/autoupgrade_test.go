@@ -1,8 +1,6 @@
 package e2e
 
 import (
-	"context"
-	"encoding/json"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -70,23 +68,6 @@ func runsAtOnce(runs []api.Run) int {
 		ivs = append(ivs, interval{machine: r.Machine, start: float64(r.StartedAt.UnixNano()) / 1e9, end: float64(end.UnixNano()) / 1e9})
 	}
 	return maxOverlap(ivs)
-}
-
-func (s *site) runs(selector string) []api.Run {
-	s.t.Helper()
-	l, err := s.client.List(context.Background(), "runs", selector)
-	if err != nil {
-		s.t.Fatalf("list runs: %v", err)
-	}
-	out := make([]api.Run, 0, len(l.Items))
-	for _, raw := range l.Items {
-		var r api.Run
-		if err := json.Unmarshal(raw, &r); err != nil {
-			s.t.Fatal(err)
-		}
-		out = append(out, r)
-	}
-	return out
 }
 
 // Issue 3's scenario: pack v1 configures 10 deployed machines; with an

@@ -240,19 +240,24 @@ func (s *site) machines() []api.Machine {
 	return out
 }
 
-func (s *site) jobs(selector string) []api.Job {
+func (s *site) jobs(selector string) []api.Job { return listAs[api.Job](s, "jobs", selector) }
+
+func (s *site) runs(selector string) []api.Run { return listAs[api.Run](s, "runs", selector) }
+
+// listAs lists objects of a kind (plural) decoded as T.
+func listAs[T any](s *site, plural, selector string) []T {
 	s.t.Helper()
-	l, err := s.client.List(context.Background(), "jobs", selector)
+	l, err := s.client.List(context.Background(), plural, selector)
 	if err != nil {
-		s.t.Fatalf("list jobs: %v", err)
+		s.t.Fatalf("list %s: %v", plural, err)
 	}
-	out := make([]api.Job, 0, len(l.Items))
+	out := make([]T, 0, len(l.Items))
 	for _, raw := range l.Items {
-		var j api.Job
-		if err := json.Unmarshal(raw, &j); err != nil {
+		var v T
+		if err := json.Unmarshal(raw, &v); err != nil {
 			s.t.Fatal(err)
 		}
-		out = append(out, j)
+		out = append(out, v)
 	}
 	return out
 }
