@@ -43,6 +43,7 @@ func main() {
 	bin := flag.String("drover", os.Getenv("DROVER_BIN"), "drover binary")
 	heapProfile = flag.String("heap-profile", "", "write the server's heap profile at the end to this file")
 	serverArgs = flag.String("server-args", "", "extra flags for drover server, space-separated (e.g. \"--gc-percent 100\")")
+	keepData = flag.Bool("keep-data", false, "keep the server's data dir (to look at the store afterwards)")
 	goroutineProfile = flag.String("goroutine-profile", "", "write the server's goroutines (debug=1 text) at the end to this file")
 	flag.Parse()
 	if *bin == "" {
@@ -55,6 +56,7 @@ func main() {
 }
 
 var heapProfile, goroutineProfile, serverArgs *string
+var keepData *bool
 
 // phaseMax is the highest RSS sampled since the last phase began.
 var phaseMax atomic.Int64
@@ -82,7 +84,11 @@ func run(bin string, n, maxJobs int) error {
 	if err != nil {
 		return err
 	}
-	defer os.RemoveAll(dir)
+	if *keepData {
+		defer fmt.Println("  data kept in", dir)
+	} else {
+		defer os.RemoveAll(dir)
+	}
 	addr, err := freeAddr()
 	if err != nil {
 		return err

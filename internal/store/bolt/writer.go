@@ -213,6 +213,10 @@ func (s *Store) commitBatch(batch []*request) (int, error) {
 	}
 	objects := tx.Bucket(bucketObjects)
 	history := tx.Bucket(bucketEvents)
+	// History keys only ever grow: pages split at bbolt's default 50%
+	// would stay half empty forever, doubling the file and the page cache
+	// its memory map holds.
+	history.FillPercent = 0.95
 	logs := tx.Bucket(bucketLogs)
 	startRev := s.rev.Load()
 	rev := startRev
