@@ -482,6 +482,7 @@ func (c *rolloutController) start(ctx context.Context, r *api.Rollout, idx int, 
 	m.State = api.RolloutMachineFailed
 	m.Run = ""
 	m.Message = err.Error()
+	m.StartedAt = nil
 	m.FinishedAt = &now
 	recount(&next)
 	if werr := c.write(ctx, &next); werr != nil {
