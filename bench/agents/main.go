@@ -5,6 +5,7 @@
 package main
 
 import (
+	"bufio"
 	"context"
 	"encoding/json"
 	"flag"
@@ -38,6 +39,13 @@ const content = `[
 ]`
 
 func main() {
+	if os.Getenv("DROVER_BENCH_SAMPLER") == "1" {
+		if err := runSampler(); err != nil {
+			fmt.Fprintln(os.Stderr, "sampler:", err)
+			os.Exit(1)
+		}
+		return
+	}
 	n := flag.Int("agents", 10000, "simulated agents")
 	maxJobs := flag.Int("max-concurrent-jobs", 10, "the server's global job limit")
 	bin := flag.String("drover", os.Getenv("DROVER_BIN"), "drover binary")
@@ -140,7 +148,7 @@ func run(bin string, n, maxJobs int) error {
 	ca, _ := os.ReadFile(caFile)
 	quiet := slog.New(slog.NewTextHandler(io.Discard, nil))
 	var jobs atomic.Int64
-	exec := agent.FuncExecutor(func(ctx context.Context, req agent.ExecRequest) (int, error) {
+	executor := agent.FuncExecutor(func(ctx context.Context, req agent.ExecRequest) (int, error) {
 		jobs.Add(1)
 		return 0, nil
 	})
@@ -155,7 +163,7 @@ func run(bin string, n, maxJobs int) error {
 		a, err := agent.New(agent.Config{
 			Endpoint: endpoint, CAPEM: ca, JoinToken: jt.Token,
 			StateDir: filepath.Join(dir, "agents", name), Name: name,
-			Executor:  exec,
+			Executor:  executor,
 			Inventory: func(context.Context) (api.Inventory, error) { return inventory.Simulated(name, seed), nil },
 			Logger:    quiet,
 		})
@@ -183,14 +191,51 @@ func run(bin string, n, maxJobs int) error {
 	views := []string{api.ViewSummary, api.ViewFull}
 	lats := map[string][]time.Duration{}
 	var peakRSS atomic.Int64
-	// The sampler is its own client on its own connection, like a user
-	// running `drover get machines` while the bench's progress polling
-	// (a list every half second) uses c: on one HTTP/2 connection the
-	// sampler's responses would queue behind those.
-	sampler, err := api.NewClient(endpoint, ca, c.Token)
+	// `get machines` is timed from its own process, like a user's CLI, on
+	// its own connection: timed from this process it would measure how
+	// long 10,000 simulated agents make the bench wait for the CPU, and on
+	// c's connection it would queue behind the progress polling.
+	var settledPhase atomic.Bool
+	settled := map[string][]time.Duration{}
+	listBytes := map[string]int64{}
+	samplerCmd := exec.Command(os.Args[0])
+	samplerCmd.Env = append(os.Environ(), "DROVER_BENCH_SAMPLER=1", "DROVER_ENDPOINT="+endpoint, "DROVER_CA_CERT="+caFile, "DROVER_TOKEN="+c.Token)
+	samplerIn, err := samplerCmd.StdinPipe()
 	if err != nil {
 		return err
 	}
+	samplerOut, err := samplerCmd.StdoutPipe()
+	if err != nil {
+		return err
+	}
+	samplerCmd.Stderr = os.Stderr
+	if err := samplerCmd.Start(); err != nil {
+		return err
+	}
+	defer func() {
+		samplerIn.Close()
+		_ = samplerCmd.Wait()
+	}()
+	samplesDone := make(chan struct{})
+	go func() {
+		defer close(samplesDone)
+		sc := bufio.NewScanner(samplerOut)
+		for sc.Scan() {
+			var view string
+			var ns, size int64
+			if _, err := fmt.Sscan(sc.Text(), &view, &ns, &size); err != nil {
+				continue
+			}
+			latMu.Lock()
+			if settledPhase.Load() {
+				settled[view] = append(settled[view], time.Duration(ns))
+			} else {
+				lats[view] = append(lats[view], time.Duration(ns))
+			}
+			listBytes[view] = size
+			latMu.Unlock()
+		}
+	}()
 	sampleCtx, stopSampling := context.WithCancel(ctx)
 	defer stopSampling()
 	var sampling sync.WaitGroup
@@ -198,13 +243,6 @@ func run(bin string, n, maxJobs int) error {
 	go func() {
 		defer sampling.Done()
 		for sampleCtx.Err() == nil {
-			for _, v := range views {
-				if d, _, err := getMachines(sampleCtx, sampler, v); err == nil {
-					latMu.Lock()
-					lats[v] = append(lats[v], d)
-					latMu.Unlock()
-				}
-			}
 			if rss := rssKB(srv.Process.Pid); rss > peakRSS.Load() {
 				peakRSS.Store(rss)
 			}
@@ -271,16 +309,18 @@ func run(bin string, n, maxJobs int) error {
 	stopSampling()
 	sampling.Wait()
 	// Latency on the settled server, apart from latency under load.
-	settled := map[string][]time.Duration{}
-	listBytes := map[string]int64{}
-	for i := 0; i < 50; i++ {
-		for _, v := range views {
-			if d, size, err := getMachines(ctx, sampler, v); err == nil {
-				settled[v] = append(settled[v], d)
-				listBytes[v] = size
-			}
+	settledPhase.Store(true)
+	for {
+		latMu.Lock()
+		enough := len(settled[api.ViewSummary]) >= 50 && len(settled[api.ViewFull]) >= 50
+		latMu.Unlock()
+		if enough {
+			break
 		}
+		time.Sleep(100 * time.Millisecond)
 	}
+	samplerIn.Close()
+	<-samplesDone
 	if rss := rssKB(srv.Process.Pid); rss > peakRSS.Load() {
 		peakRSS.Store(rss)
 	}
@@ -330,6 +370,34 @@ func run(bin string, n, maxJobs int) error {
 
 // getMachines times GET /api/v1/objects/machines in a view to its last
 // byte: the server's latency, without the client's JSON decoding.
+// runSampler times `get machines` in both views until its stdin closes,
+// printing "view nanoseconds bytes" per request.
+func runSampler() error {
+	c, err := api.NewClientFromFile(os.Getenv("DROVER_ENDPOINT"), os.Getenv("DROVER_CA_CERT"), os.Getenv("DROVER_TOKEN"))
+	if err != nil {
+		return err
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	go func() {
+		_, _ = io.Copy(io.Discard, os.Stdin)
+		cancel()
+	}()
+	out := bufio.NewWriter(os.Stdout)
+	for ctx.Err() == nil {
+		for _, v := range []string{api.ViewSummary, api.ViewFull} {
+			if d, size, err := getMachines(ctx, c, v); err == nil {
+				fmt.Fprintln(out, v, int64(d), size)
+				out.Flush()
+			}
+		}
+		select {
+		case <-ctx.Done():
+		case <-time.After(100 * time.Millisecond):
+		}
+	}
+	return nil
+}
+
 func getMachines(ctx context.Context, c *api.Client, view string) (time.Duration, int64, error) {
 	req, err := http.NewRequestWithContext(ctx, http.MethodGet, c.Endpoint+"/api/v1/objects/machines?view="+view, nil)
 	if err != nil {

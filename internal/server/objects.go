@@ -10,6 +10,7 @@ import (
 	"net/http"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/drover-project/drover/api"
@@ -192,13 +193,24 @@ func summarizeMachine(full []byte) ([]byte, error) {
 	return json.Marshal(&m)
 }
 
+var listWriters = sync.Pool{New: func() any { return bufio.NewWriterSize(nil, 512<<10) }}
+
 // writeList streams a list: a list of ten thousand machines is tens of MB,
 // and building it in one buffer first would double the memory and delay
 // the first byte.
 func writeList(w http.ResponseWriter, kind string, rev int64, n int, item func(i int, bw *bufio.Writer)) {
 	w.Header().Set("Content-Type", "application/json")
 	w.WriteHeader(http.StatusOK)
-	bw := bufio.NewWriterSize(w, 64<<10)
+	// Under HTTP/2 every Write of the handler is a hand-off to the
+	// connection's goroutine and a wait for it: big writes keep a 7 MB
+	// list to a dozen of them (64 KiB made a hundred, each a scheduling
+	// delay on a busy server).
+	bw := listWriters.Get().(*bufio.Writer)
+	bw.Reset(w)
+	defer func() {
+		bw.Reset(nil)
+		listWriters.Put(bw)
+	}()
 	fmt.Fprintf(bw, `{"kind":%q,"revision":%d,"items":[`, kind, rev)
 	for i := range n {
 		if i > 0 {
