@@ -154,3 +154,37 @@ func TestPolicyApply(t *testing.T) {
 		t.Errorf("%s", raw)
 	}
 }
+
+// An agent registering after an auto-commission policy exists gets its
+// machine commissioned through the policy's rollout; one registered before
+// is left alone.
+func TestAutoCommissionOnRegistration(t *testing.T) {
+	e := startServer(t, nil)
+	ctx := context.Background()
+	e.agent("before")
+	e.mustApply(e.admin,
+		&api.Task{Meta: api.Meta{Kind: api.KindTask, Name: "t"}, Script: "true"},
+		&api.Workflow{Meta: api.Meta{Kind: api.KindWorkflow, Name: "wf"}, Tasks: []string{"t"}},
+		&api.Policy{Meta: api.Meta{Kind: api.KindPolicy, Name: "new"}, Type: api.PolicyAutoCommission, Workflow: "wf"},
+	)
+	agent := e.agent("after")
+	rctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	go runJobs(rctx, agent)
+	waitFor(t, "after commissioned", 10*time.Second, func() bool {
+		var m api.Machine
+		return e.admin.Get(ctx, "machines", "after", &m) == nil && m.Status.State == api.StateReady
+	})
+	var p api.Policy
+	if err := e.admin.Get(ctx, "policies", "new", &p); err != nil || !strings.HasPrefix(p.Status.Rollout, "new-") {
+		t.Fatalf("policy %+v %v", p.Status, err)
+	}
+	var ro api.Rollout
+	if err := e.admin.Get(ctx, "rollouts", p.Status.Rollout, &ro); err != nil || strings.Join(ro.Machines, ",") != "after" || ro.User != "policy/new" {
+		t.Errorf("rollout %+v %v", ro, err)
+	}
+	var m api.Machine
+	if err := e.admin.Get(ctx, "machines", "before", &m); err != nil || m.Status.State != api.StateDiscovered || m.Status.LastRun != "" {
+		t.Errorf("before: %s %q %v", m.Status.State, m.Status.LastRun, err)
+	}
+}
