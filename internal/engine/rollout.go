@@ -278,8 +278,12 @@ func settle(r *api.Rollout, now time.Time) bool {
 		if r.MaxFailures > 0 && s.Failed-s.IgnoredFailures >= r.MaxFailures {
 			s.State = api.RolloutPaused
 			s.NextBatchAt = nil
+			failures := plural(s.Failed-s.IgnoredFailures, "failed machine", "failed machines")
+			if s.IgnoredFailures > 0 {
+				failures = plural(s.Failed-s.IgnoredFailures, "more failed machine", "more failed machines") + " since the resume"
+			}
 			s.Message = fmt.Sprintf("stopped after %s (max-failures %d): %s; nothing new starts. Fix the cause, then: drover rollouts resume %s (--retry-failed to start the failed machines again)",
-				plural(s.Failed-s.IgnoredFailures, "failed machine", "failed machines"), r.MaxFailures, strings.Join(failedNames(r), ", "), r.Name)
+				failures, r.MaxFailures, strings.Join(failedNames(r), ", "), r.Name)
 		} else if s.Pending == 0 && s.Running == 0 {
 			s.State = api.RolloutDone
 			s.NextBatchAt = nil

@@ -245,12 +245,12 @@ func TestRolloutStopsAfterMaxFailuresAndResumes(t *testing.T) {
 	e.put(task("up", "x", 0, ""), workflow("up", "up"))
 	names := e.deployed(6)
 	var mu sync.Mutex
-	broken := true
+	failing := "m3"
 	e.agents(names, func(j *api.JobSpec) int {
 		time.Sleep(20 * time.Millisecond)
 		mu.Lock()
 		defer mu.Unlock()
-		if broken && strings.HasPrefix(j.Run, "m3.") {
+		if failing != "" && strings.HasPrefix(j.Run, failing+".") {
 			return 4
 		}
 		return 0
@@ -272,24 +272,40 @@ func TestRolloutStopsAfterMaxFailuresAndResumes(t *testing.T) {
 	if runs := e.runs(func(r *api.Run) bool { return r.Machine == "m5" || r.Machine == "m6" }); len(runs) != 0 {
 		t.Fatalf("%d runs started while paused", len(runs))
 	}
+	// Resumed, the rollout lets m3's failure pass and stops again on the
+	// next one.
+	mu.Lock()
+	failing = "m5"
+	mu.Unlock()
+	if _, err := e.eng.ResumeRollout(context.Background(), r.Name, false, "test"); err != nil {
+		t.Fatal(err)
+	}
+	r = e.waitRollout(r.Name, api.RolloutPaused, 20*time.Second)
+	if s := r.Status; s.Failed != 2 || s.Pending != 0 || s.IgnoredFailures != 1 || !strings.HasPrefix(s.Message, "stopped after 1 more failed machine since the resume (max-failures 1): m3, m5;") {
+		t.Errorf("after resume: %+v", s)
+	}
+	mu.Lock()
+	failing = ""
+	mu.Unlock()
 	if _, err := e.eng.ResumeRollout(context.Background(), r.Name, false, "test"); err != nil {
 		t.Fatal(err)
 	}
 	r = e.waitRollout(r.Name, api.RolloutDone, 20*time.Second)
-	if s := r.Status; s.Succeeded != 5 || s.Failed != 1 || s.IgnoredFailures != 1 || s.Message != "5 succeeded, 1 failed: m3" {
-		t.Errorf("after resume: %+v", s)
+	if s := r.Status; s.Succeeded != 4 || s.Failed != 2 || s.Message != "4 succeeded, 2 failed: m3, m5" {
+		t.Errorf("after the second resume: %+v", s)
 	}
-	// m3 is broken after its failed upgrade: retrying it is refused by the
-	// lifecycle, and the refusal is its failure.
-	mu.Lock()
-	broken = false
-	mu.Unlock()
+	// m3 and m5 are broken after their failed upgrade: retrying is refused
+	// by the lifecycle, and the refusal is a failure: the first one stops
+	// the rollout again.
 	if _, err := e.eng.ResumeRollout(context.Background(), r.Name, true, "test"); err != nil {
 		t.Fatal(err)
 	}
 	r = e.waitRollout(r.Name, api.RolloutPaused, 20*time.Second)
-	if m := r.Status.Machines[2]; m.State != api.RolloutMachineFailed || m.Attempts != 2 || m.Message != `machine "m3": cannot upgrade from state broken (commission it again first)` {
+	if m := r.Status.Machines[2]; m.State != api.RolloutMachineFailed || m.Attempts != 2 || m.Message != `machine "m3": cannot upgrade from state broken (commission it again first)` || m.StartedAt != nil {
 		t.Errorf("m3 retried: %+v", m)
+	}
+	if m := r.Status.Machines[4]; m.State != api.RolloutMachinePending || m.Attempts != 1 {
+		t.Errorf("m5 after the stop: %+v", m)
 	}
 	if runs := e.runs(ofRollout(r.Name)); len(runs) != 6 {
 		t.Errorf("%d runs, want 6 (the refused retry starts none)", len(runs))
