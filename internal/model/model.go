@@ -43,6 +43,9 @@ var kinds = []KindInfo{
 	{Kind: api.KindRollout, Plural: "rollouts", New: func() api.Object { return &api.Rollout{} }, Aliases: []string{"ro"}, Managed: true},
 	{Kind: api.KindPolicy, Plural: "policies", New: func() api.Object { return &api.Policy{} }},
 	{Kind: api.KindContentPack, Plural: "contentpacks", New: func() api.Object { return &api.ContentPack{} }, Aliases: []string{"contentpack", "pack", "packs"}, Managed: true},
+	{Kind: api.KindSubnet, Plural: "subnets", New: func() api.Object { return &api.Subnet{} }},
+	{Kind: api.KindReservation, Plural: "reservations", New: func() api.Object { return &api.Reservation{} }},
+	{Kind: api.KindLease, Plural: "leases", New: func() api.Object { return &api.Lease{} }, Managed: true},
 }
 
 var kindByAlias = func() map[string]*KindInfo {

@@ -128,6 +128,10 @@ func Validate(obj api.Object) error {
 		}
 	case *api.Policy:
 		return validatePolicy(o)
+	case *api.Subnet:
+		return validateSubnet(o)
+	case *api.Reservation:
+		return validateReservation(o)
 	case *api.User:
 		if !contains([]string{api.RoleAdmin, api.RoleOperator, api.RoleViewer}, o.Role) {
 			return fieldErr("role", "unknown role %q (use admin, operator or viewer)", o.Role)

@@ -386,6 +386,9 @@ func (s *Server) apply(ctx context.Context, p *principal, docs []json.RawMessage
 	if err := s.keepAnAdmin(ctx, objs); err != nil {
 		return nil, err
 	}
+	if err := s.checkReservations(ctx, objs); err != nil {
+		return nil, err
+	}
 	declared, err := s.declaredParams(ctx, batchParams)
 	if err != nil {
 		return nil, err
