@@ -16,7 +16,8 @@ import (
 // built-in content pack's config-push and config-verify tasks: a label
 // gives a machine a profile; a profile change marks the machines that use
 // it drifted; verify says which nodes differ and why; upgrade brings them
-// back in sync.
+// back in sync. The test's own profile selects tier=storage, not
+// role=storage, which the built-in pack's role-storage profile selects.
 func TestRoleByLabelDriftAndVerify(t *testing.T) {
 	s := startSite(t)
 	startAgents(s, 3)
@@ -25,12 +26,12 @@ func TestRoleByLabelDriftAndVerify(t *testing.T) {
 	machineDoc := func(name string, storage bool) string {
 		labels := "{}"
 		if storage {
-			labels = "{role: storage}"
+			labels = "{tier: storage}"
 		}
 		return fmt.Sprintf("kind: Machine\nname: %s\nlabels: %s\nparams:\n  config/root: %s\n", name, labels, root(name))
 	}
 	storageProfile := func(mount string) string {
-		return "kind: Profile\nname: storage-nodes\nselector: role=storage\nparams:\n  role: storage\n  storage/mountpoint: " + mount + "\n"
+		return "kind: Profile\nname: storage-nodes\nselector: tier=storage\nparams:\n  role: storage\n  storage/mountpoint: " + mount + "\n"
 	}
 	s.apply(storageProfile("/srv/storage") + `
 ---
@@ -63,8 +64,8 @@ tasks: [config-push]
 	s.apply(machineDoc("n01", true) + "---\n" + machineDoc("n02", true))
 	out = mustCLI("get", "machine", "n01", "--effective")
 	for _, want := range []string{
-		`role                   "storage"          profile storage-nodes (selector role=storage)`,
-		`storage/mountpoint     "/srv/storage"     profile storage-nodes (selector role=storage)`,
+		`role                   "storage"          profile storage-nodes (selector tier=storage)`,
+		`storage/mountpoint     "/srv/storage"     profile storage-nodes (selector tier=storage)`,
 		`config/root            "` + root("n01") + `"`,
 	} {
 		if !containsFields(out, want) {
