@@ -78,7 +78,11 @@ type Machine struct {
 	Profiles []string `json:"profiles,omitempty"`
 	// Params are the machine's own param values; they win over profiles.
 	Params map[string]json.RawMessage `json:"params,omitempty"`
-	Status MachineStatus              `json:"status,omitempty"`
+	// BootEnv names the boot environment the machine network-boots into
+	// (a BootEnv); empty means discovery. Changing it is one write that
+	// the boot services serve from the next request on.
+	BootEnv string        `json:"bootEnv,omitempty"`
+	Status  MachineStatus `json:"status,omitempty"`
 }
 
 // MachineStatus is what drover knows about a machine.

@@ -33,6 +33,7 @@ var kinds = []KindInfo{
 	{Kind: api.KindParam, Plural: "params", New: func() api.Object { return &api.Param{} }},
 	{Kind: api.KindTemplate, Plural: "templates", New: func() api.Object { return &api.Template{} }},
 	{Kind: api.KindTask, Plural: "tasks", New: func() api.Object { return &api.Task{} }},
+	{Kind: api.KindBootEnv, Plural: "bootenvs", New: func() api.Object { return &api.BootEnv{} }, Aliases: []string{"bootenv", "boot-env", "boot-envs", "be"}},
 	{Kind: api.KindWorkflow, Plural: "workflows", New: func() api.Object { return &api.Workflow{} }, Aliases: []string{"wf"}},
 	{Kind: api.KindRun, Plural: "runs", New: func() api.Object { return &api.Run{} }, Managed: true},
 	{Kind: api.KindJob, Plural: "jobs", New: func() api.Object { return &api.Job{} }, Managed: true},

@@ -44,7 +44,10 @@ func TemplateFuncs() template.FuncMap {
 		"shellQuote": func(any) string {
 			return ""
 		},
-		"join": func(any, string) (string, error) { return "", nil },
+		"join":        func(any, string) (string, error) { return "", nil },
+		"cidrIP":      func(any) (string, error) { return "", nil },
+		"cidrNetmask": func(any) (string, error) { return "", nil },
+		"cidrPrefix":  func(any) (int, error) { return 0, nil },
 	}
 }
 
@@ -119,6 +122,13 @@ func Validate(obj api.Object) error {
 		if err := validateParamNames(o.Params); err != nil {
 			return err
 		}
+		if o.BootEnv != "" {
+			if err := ValidateName(o.BootEnv); err != nil {
+				return fieldErr("bootEnv", "%v", err)
+			}
+		}
+	case *api.BootEnv:
+		return validateBootEnv(o)
 	case *api.Profile:
 		if err := validateParamNames(o.Params); err != nil {
 			return err

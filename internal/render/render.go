@@ -7,6 +7,8 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"net"
+	"net/netip"
 	"slices"
 	"sort"
 	"strings"
@@ -35,6 +37,9 @@ type Input struct {
 	Params    map[string]*api.Param
 	Templates map[string]*api.Template
 	Secrets   Opener
+	// Boot is what boot environment templates see as .Boot (an
+	// *api.BootInfo); nil for task scripts.
+	Boot any
 }
 
 // Value is one effective param value and where it came from.
@@ -205,6 +210,7 @@ func (in *Input) decode(name string, raw json.RawMessage) (any, error) {
 type data struct {
 	in      *Input
 	Machine *api.Machine
+	Boot    any
 }
 
 func (d *data) Param(name string) (any, error) { return d.in.Param(name) }
@@ -225,8 +231,11 @@ func Render(in *Input, name, body string) (string, error) {
 			b, err := json.Marshal(v)
 			return string(b), err
 		},
-		"shellQuote": shellQuote,
-		"join":       Join,
+		"shellQuote":  shellQuote,
+		"join":        Join,
+		"cidrIP":      CIDRIP,
+		"cidrNetmask": CIDRNetmask,
+		"cidrPrefix":  CIDRPrefix,
 	}
 	root := template.New(name).Option("missingkey=error").Funcs(funcs)
 	names := make([]string, 0, len(in.Templates))
@@ -247,7 +256,7 @@ func Render(in *Input, name, body string) (string, error) {
 		return "", fmt.Errorf("template %q: %v", name, err)
 	}
 	var out bytes.Buffer
-	if err := t.Execute(&out, &data{in: in, Machine: in.Machine}); err != nil {
+	if err := t.Execute(&out, &data{in: in, Machine: in.Machine, Boot: in.Boot}); err != nil {
 		var mp *MissingParamError
 		if errors.As(err, &mp) {
 			return "", mp
@@ -273,6 +282,46 @@ func Join(list any, sep string) (string, error) {
 		return "", nil
 	}
 	return "", fmt.Errorf("join: %T is not a list", list)
+}
+
+// CIDRIP is the address of "10.0.0.5/24": "10.0.0.5".
+func CIDRIP(v any) (string, error) {
+	p, err := parseCIDR(v)
+	if err != nil {
+		return "", err
+	}
+	return p.Addr().String(), nil
+}
+
+// CIDRNetmask is the IPv4 netmask of "10.0.0.5/24": "255.255.255.0".
+func CIDRNetmask(v any) (string, error) {
+	p, err := parseCIDR(v)
+	if err != nil {
+		return "", err
+	}
+	if !p.Addr().Is4() {
+		return "", fmt.Errorf("cidrNetmask: %s is not IPv4 (use cidrPrefix)", p)
+	}
+	m := net.CIDRMask(p.Bits(), 32)
+	return net.IP(m).String(), nil
+}
+
+// CIDRPrefix is the prefix length of "10.0.0.5/24": 24.
+func CIDRPrefix(v any) (int, error) {
+	p, err := parseCIDR(v)
+	if err != nil {
+		return 0, err
+	}
+	return p.Bits(), nil
+}
+
+func parseCIDR(v any) (netip.Prefix, error) {
+	s := fmt.Sprint(v)
+	p, err := netip.ParsePrefix(s)
+	if err != nil {
+		return netip.Prefix{}, fmt.Errorf("%q is not an address with a prefix length (like 10.0.0.5/24)", s)
+	}
+	return p, nil
 }
 
 // shellQuote quotes a value for POSIX sh.
