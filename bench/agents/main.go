@@ -51,6 +51,7 @@ func main() {
 	bin := flag.String("drover", os.Getenv("DROVER_BIN"), "drover binary")
 	heapProfile = flag.String("heap-profile", "", "write the server's heap profile at the end to this file")
 	serverArgs = flag.String("server-args", "", "extra flags for drover server, space-separated (e.g. \"--gc-percent 100\")")
+	cpuProfile = flag.String("cpu-profile", "", "write a 20 s CPU profile of the server, taken while the workflow runs, to this file")
 	keepData = flag.Bool("keep-data", false, "keep the server's data dir (to look at the store afterwards)")
 	goroutineProfile = flag.String("goroutine-profile", "", "write the server's goroutines (debug=1 text) at the end to this file")
 	flag.Parse()
@@ -65,6 +66,7 @@ func main() {
 
 var heapProfile, goroutineProfile, serverArgs *string
 var keepData *bool
+var cpuProfile *string
 
 // phaseMax is the highest RSS sampled since the last phase began.
 var phaseMax atomic.Int64
@@ -289,6 +291,13 @@ func run(bin string, n, maxJobs int) error {
 		}
 	}
 	fmt.Printf("  commission started on %d machines in %s\n", started, time.Since(t1).Round(time.Millisecond))
+	if *cpuProfile != "" {
+		go func() {
+			if err := fetchTo(ctx, c, "/debug/pprof/profile?seconds=20", *cpuProfile); err != nil {
+				fmt.Println("  cpu profile:", err)
+			}
+		}()
+	}
 	last := time.Now()
 	for {
 		_, ready, err := count("ready")
