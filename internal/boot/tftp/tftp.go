@@ -6,18 +6,15 @@ package tftp
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"io"
-	"io/fs"
 	"log/slog"
 	"net"
 	"os"
-	"path/filepath"
-	"strings"
 	"sync"
 	"time"
 
+	"github.com/drover-project/drover/internal/boot/bootfiles"
 	"github.com/pin/tftp/v3"
 )
 
@@ -126,50 +123,18 @@ func (s *Server) Transfers() int64 {
 	return s.transfers
 }
 
-// ErrNotServed is the error for names that are not a file of the directory.
-var ErrNotServed = errors.New("no such file")
-
-// Resolve maps a requested name to a file of dir: one leading '/' is
-// dropped (some firmware asks for "/undionly.kpxe"); names that would
-// leave the directory ("..", absolute paths, backslashes, NUL) are refused.
-func Resolve(dir, name string) (string, error) {
-	name = strings.TrimPrefix(name, "/")
-	if name == "" || strings.ContainsAny(name, "\\\x00") || !filepath.IsLocal(name) {
-		return "", fmt.Errorf("%q: %w (only files of the boot directory are served)", name, ErrNotServed)
-	}
-	for _, part := range strings.Split(name, "/") {
-		if part == "" || part == "." || part == ".." {
-			return "", fmt.Errorf("%q: %w", name, ErrNotServed)
-		}
-	}
-	return filepath.Join(dir, filepath.FromSlash(name)), nil
-}
-
 func (s *Server) read(name string, rf io.ReaderFrom) error {
 	remote := ""
 	if ot, ok := rf.(tftp.OutgoingTransfer); ok {
 		addr := ot.RemoteAddr()
 		remote = addr.String()
 	}
-	path, err := Resolve(s.cfg.Dir, name)
+	f, st, err := bootfiles.Open(s.cfg.Dir, name)
 	if err != nil {
 		s.log.Warn("tftp request refused", "file", name, "client", remote, "err", err)
 		return err
 	}
-	f, err := os.Open(path)
-	if err != nil {
-		s.log.Info("tftp file not found", "file", name, "client", remote)
-		if errors.Is(err, fs.ErrNotExist) {
-			return fmt.Errorf("%q: %w", name, ErrNotServed)
-		}
-		return fmt.Errorf("%q: cannot be read", name)
-	}
 	defer f.Close()
-	st, err := f.Stat()
-	if err != nil || !st.Mode().IsRegular() {
-		s.log.Warn("tftp request for something not a file refused", "file", name, "client", remote)
-		return fmt.Errorf("%q: %w", name, ErrNotServed)
-	}
 	if ot, ok := rf.(tftp.OutgoingTransfer); ok {
 		ot.SetSize(st.Size()) // PXE ROMs ask for tsize first
 	}
