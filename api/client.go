@@ -47,6 +47,13 @@ func NewClient(endpoint string, caPEM []byte, token string) (*Client, error) {
 		TLSHandshakeTimeout: 15 * time.Second,
 		ForceAttemptHTTP2:   true,
 		Proxy:               http.ProxyFromEnvironment,
+		// A list of 10,000 machines is several MB: with windows this big
+		// the server sends it without waiting for window updates, each a
+		// round trip through a busy server's scheduler.
+		HTTP2: &http.HTTP2Config{
+			MaxReceiveBufferPerStream:     32 << 20,
+			MaxReceiveBufferPerConnection: 64 << 20,
+		},
 	}
 	return &Client{Endpoint: strings.TrimRight(endpoint, "/"), Token: token, HTTP: &http.Client{Transport: tr}}, nil
 }
