@@ -78,6 +78,10 @@ func newServerCmd() *cobra.Command {
 	f.StringVar(&reach, "reachable-timeout", "30s", "mark a machine unreachable after this long without a heartbeat")
 	f.IntVar(&cfg.RetainEvents, "retain-events", 100000, "revisions of history kept for watchers (UI, managers) to resume from; older ones must re-list")
 	f.BoolVar(&cfg.NoDefaultContent, "no-default-content", false, "do not install (or upgrade) the content pack built into drover at start")
+	f.StringSliceVar(&cfg.DHCPInterfaces, "dhcp-interface", nil, "serve DHCPv4 on this interface (repeatable); Subnet objects say what to hand out")
+	f.BoolVar(&cfg.DHCPOnlyKnown, "dhcp-only-known", false, "DHCP answers only machines in the inventory (by NIC MAC) and reservations")
+	f.StringVar(&cfg.BootAddress, "boot-address", "", "IPv4 address machines reach this server at (DHCP next-server, boot URLs)")
+	f.StringVar(&cfg.BootURL, "boot-url", "", "base URL of the HTTP boot server as machines reach it (default http://<boot-address>)")
 	f.IntVar(&gcPercent, "gc-percent", 50, "heap growth allowed between garbage collections, in percent: lower uses less memory and more CPU (GOGC in the environment wins)")
 	return cmd
 }

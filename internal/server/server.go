@@ -10,6 +10,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"net/netip"
 	"os"
 	"path/filepath"
 	"sync"
@@ -17,6 +18,7 @@ import (
 
 	"github.com/drover-project/drover/api"
 	"github.com/drover-project/drover/internal/auth"
+	"github.com/drover-project/drover/internal/boot/dhcp"
 	"github.com/drover-project/drover/internal/engine"
 	"github.com/drover-project/drover/internal/model"
 	"github.com/drover-project/drover/internal/pki"
@@ -51,6 +53,17 @@ type Config struct {
 	// NoDefaultContent skips installing (or upgrading) the content pack
 	// built into the binary at start.
 	NoDefaultContent bool
+	// BootAddress is the address advertised to machines: DHCP's
+	// next-server and the host of boot URLs.
+	BootAddress string
+	// BootURL is the base URL of the HTTP boot server as machines reach
+	// it; default http://BootAddress.
+	BootURL string
+	// DHCPInterfaces turn the DHCPv4 server on, on these interfaces.
+	DHCPInterfaces []string
+	// DHCPOnlyKnown ignores DHCP clients that are neither a machine's NIC
+	// nor reserved.
+	DHCPOnlyKnown bool
 }
 
 // Server is a running site endpoint.
@@ -69,6 +82,8 @@ type Server struct {
 	lists map[string]*listCache
 	// contentMu serializes pack installs and removals.
 	contentMu sync.Mutex
+	// dhcp is the DHCPv4 server (nil when off).
+	dhcp *dhcp.Server
 
 	// InitialAdminPassword is set when this start generated the admin
 	// password (first start without DROVER_ADMIN_PASSWORD).
@@ -91,6 +106,14 @@ func New(cfg Config) (*Server, error) {
 		return nil, fmt.Errorf("data dir: %w", err)
 	}
 	s := &Server{cfg: cfg, log: cfg.Logger, started: time.Now(), metrics: newMetrics()}
+	var bootAddr netip.Addr
+	if cfg.BootAddress != "" {
+		a, err := netip.ParseAddr(cfg.BootAddress)
+		if err != nil || !a.Is4() {
+			return nil, fmt.Errorf("--boot-address %q: want the IPv4 address machines reach this server at", cfg.BootAddress)
+		}
+		bootAddr = a
+	}
 	var err error
 	if cfg.TLSCert != "" || cfg.TLSKey != "" {
 		if cfg.TLSCert == "" || cfg.TLSKey == "" {
@@ -122,6 +145,15 @@ func New(cfg Config) (*Server, error) {
 		}
 	}
 	s.eng = engine.New(s.st, cfg.Engine, s.box, s.log)
+	if len(cfg.DHCPInterfaces) > 0 {
+		s.dhcp = dhcp.New(s.st, dhcp.Config{
+			Interfaces:  cfg.DHCPInterfaces,
+			OnlyKnown:   cfg.DHCPOnlyKnown,
+			BootAddress: bootAddr,
+			BootURL:     cfg.BootURL,
+			Logger:      s.log,
+		})
+	}
 	s.lists = map[string]*listCache{
 		api.KindMachine: newListCache(api.KindMachine, s.st, s.present, summarizeMachine, s.log),
 	}
@@ -200,6 +232,12 @@ func (s *Server) Listen() error {
 	if err != nil {
 		return fmt.Errorf("listen %s: %w", s.cfg.Listen, err)
 	}
+	if s.dhcp != nil {
+		if err := s.dhcp.Listen(); err != nil {
+			ln.Close()
+			return err
+		}
+	}
 	s.ln = ln
 	return nil
 }
@@ -224,6 +262,15 @@ func (s *Server) Serve(ctx context.Context) error {
 		go func() {
 			defer wg.Done()
 			lc.run(ctx)
+		}()
+	}
+	if s.dhcp != nil {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			if err := s.dhcp.Run(ctx); err != nil {
+				s.log.Error("dhcp server stopped", "err", err)
+			}
 		}()
 	}
 	tlsCfg := s.tls.TLSConfig()
