@@ -3,9 +3,23 @@ BIN := bin/drover
 VERSION ?= $(shell git describe --always --dirty 2>/dev/null || echo dev)
 LDFLAGS := -s -w -X github.com/drover-project/drover/internal/cli.Version=$(VERSION)
 # Packages with concurrency run under the race detector.
-RACE_PKGS := ./internal/store/... ./internal/engine/... ./internal/server/... ./internal/agent/... ./internal/labels/... ./internal/noderange/...
+RACE_PKGS := ./internal/store/... ./internal/engine/... ./internal/server/... ./internal/agent/... ./internal/labels/... ./internal/noderange/... ./internal/boot/dhcp/...
 
-.PHONY: build test unit e2e lint bench demo fuzz clean
+.PHONY: build test unit e2e lint bench demo fuzz clean deps
+
+# Debian packages that tests and benchmarks run (dhclient, perfdhcp, Kea).
+# Installed only when missing, and only as root; without them the tests
+# that need root skip, and the others do not use them.
+DEB_DEPS := iproute2 isc-dhcp-client kea-admin kea-dhcp4-server
+
+deps:
+	@if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+		missing=$$(for p in $(DEB_DEPS); do dpkg-query -W -f='$${Status}\n' $$p 2>/dev/null | grep -q 'install ok installed' || echo $$p; done); \
+		if [ -n "$$missing" ]; then \
+			echo "installing $$missing"; \
+			apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \
+		fi; \
+	fi
 
 build:
 	CGO_ENABLED=0 $(GO) build -trimpath -ldflags '$(LDFLAGS)' -o $(BIN) ./cmd/drover
@@ -25,15 +39,16 @@ unit:
 e2e: build
 	DROVER_BIN=$(CURDIR)/$(BIN) $(GO) test -count=1 -timeout 30m ./test/e2e/...
 
-test: lint unit e2e
+test: deps lint unit e2e
 
 fuzz:
 	$(GO) test -run '^$$' -fuzz FuzzParse -fuzztime 30s ./internal/noderange
 	$(GO) test -run '^$$' -fuzz FuzzParse -fuzztime 30s ./internal/labels
 	$(GO) test -run '^$$' -fuzz FuzzParseDocument -fuzztime 30s ./internal/model
 	$(GO) test -run '^$$' -fuzz FuzzParse -fuzztime 30s ./internal/content
+	$(GO) test -run '^$$' -fuzz FuzzHandle -fuzztime 30s ./internal/boot/dhcp
 
-bench: build
+bench: deps build
 	$(GO) test -run '^$$' -bench . -benchtime 1x ./internal/store/bolt ./internal/noderange
 	DROVER_BIN=$(CURDIR)/$(BIN) $(GO) run ./bench/agents -agents 10000
 

@@ -197,11 +197,12 @@ func (s *Server) Run(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("dhcp: %w", err)
 	}
+	subnets, leases := len(st.subnets), len(st.leases)
 	s.mu.Lock()
 	s.state = st
 	s.mu.Unlock()
 	close(s.ready)
-	s.log.Info("dhcp server ready", "interfaces", s.cfg.Interfaces, "subnets", len(st.subnets), "leases", len(st.leases), "bootAddress", s.cfg.BootAddress, "bootURL", s.cfg.BootURL)
+	s.log.Info("dhcp server ready", "interfaces", s.cfg.Interfaces, "subnets", subnets, "leases", leases, "bootAddress", s.cfg.BootAddress, "bootURL", s.cfg.BootURL)
 
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()

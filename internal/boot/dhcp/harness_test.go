@@ -264,3 +264,7 @@ func labSubnet() *api.Subnet {
 func withArch(a iana.Arch) dhcpv4.Modifier {
 	return dhcpv4.WithOption(dhcpv4.OptClientArch(a))
 }
+
+func openBolt(dir string) (*bolt.Store, error) {
+	return bolt.Open(filepath.Join(dir, "drover.db"), bolt.Options{})
+}
