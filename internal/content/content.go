@@ -27,8 +27,9 @@ const KindContentPack = "ContentPack"
 
 // packKinds are the kinds a pack may hold, in the order a server should
 // apply them: params first so that profile values can be checked against
-// their declarations, templates before the tasks that include them.
-var packKinds = []string{api.KindParam, api.KindTemplate, api.KindTask, api.KindWorkflow, api.KindProfile}
+// their declarations, templates before the tasks and boot environments
+// that include them.
+var packKinds = []string{api.KindParam, api.KindTemplate, api.KindBootEnv, api.KindTask, api.KindWorkflow, api.KindProfile}
 
 // Kinds lists the kinds a content pack may hold, in the order to apply them.
 func Kinds() []string { return append([]string(nil), packKinds...) }

@@ -20,7 +20,7 @@ import (
 
 func TestDefaultPack(t *testing.T) {
 	p := Default()
-	if p.Name != DefaultName || p.Version != "1.1.0" {
+	if p.Name != DefaultName || p.Version != "1.2.0" {
 		t.Errorf("header %+v", p.Header)
 	}
 	if err := p.Validate(nil); err != nil {

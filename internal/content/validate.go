@@ -215,6 +215,10 @@ func (v *validator) object(o *Object) {
 		if !v.template(o, "content", x.Content) {
 			return
 		}
+	case *api.BootEnv:
+		if !v.bootEnv(o, x) {
+			return // the model would report the same syntax error
+		}
 	case *api.Workflow:
 		for i, t := range x.Tasks {
 			if t != "" && !v.scope.has(api.KindTask, t) {
@@ -265,6 +269,34 @@ func (v *validator) template(o *Object, field, body string) bool {
 		}
 	}
 	return true
+}
+
+// bootEnv checks a boot environment's templates like task scripts, and
+// that the Template objects it serves and the params it requires exist.
+// It reports false when a template does not parse.
+func (v *validator) bootEnv(o *Object, b *api.BootEnv) bool {
+	ok := v.template(o, "kernel", b.Kernel)
+	for i, s := range b.Initrds {
+		ok = v.template(o, fmt.Sprintf("initrds[%d]", i), s) && ok
+	}
+	ok = v.template(o, "kernelParams", b.KernelParams) && ok
+	ok = v.template(o, "installSource", b.InstallSource) && ok
+	ok = v.template(o, "ipxeScript", b.IPXEScript) && ok
+	for i, t := range b.Templates {
+		field := fmt.Sprintf("templates[%d]", i)
+		if t.Content != "" {
+			ok = v.template(o, field+".content", t.Content) && ok
+		}
+		if t.Template != "" && !v.scope.has(api.KindTemplate, t.Template) {
+			v.errs.objf(o, field+".template", 0, "template %q is not in this pack or the packs it requires", t.Template)
+		}
+	}
+	for i, p := range b.RequiredParams {
+		if v.scope.param(p) == nil && !model.IsBuiltinParam(p) {
+			v.errs.objf(o, fmt.Sprintf("requiredParams[%d]", i), 0, "param %q is not declared (add a Param %q to the pack, or require the pack that declares it)", p, p)
+		}
+	}
+	return ok
 }
 
 // lineNote names the line within a body, which the file line alone does

@@ -144,7 +144,7 @@ func TestValidationErrors(t *testing.T) {
 			files: map[string]string{"pack.yaml": header, "m.yaml": "kind: Task\nname: ok\nscript: x\n---\nkind: Machine\nname: n1\n---\nkind: Run\nname: r1\n---\nkind: User\nname: u\nrole: admin\n"},
 			stage: "load",
 			want: []string{
-				`m.yaml:5: Machine "n1": a content pack cannot hold Machine objects (it holds Param, Template, Task, Workflow, Profile)`,
+				`m.yaml:5: Machine "n1": a content pack cannot hold Machine objects (it holds Param, Template, BootEnv, Task, Workflow, Profile)`,
 				`m.yaml:8: Run "r1": a content pack cannot hold Run objects`,
 				`m.yaml:11: User "u": a content pack cannot hold User objects`,
 			},
