@@ -132,7 +132,13 @@ type BootInfo struct {
 	// environment's, rendered for the machine (URLs absolute), as far as
 	// they are rendered before the template that reads them.
 	InstallSource string
-	Kernel        string
-	Initrds       []string
-	KernelParams  string
+	// InstallSourceScheme, InstallSourceHost (with its port, if any) and
+	// InstallSourcePath are the parts of InstallSource, when it is a URL
+	// (a preseed names the mirror's host and directory apart).
+	InstallSourceScheme string
+	InstallSourceHost   string
+	InstallSourcePath   string
+	Kernel              string
+	Initrds             []string
+	KernelParams        string
 }
