@@ -283,13 +283,17 @@ type Event struct {
 // watch again from the last revision seen.
 var ErrResume = errors.New("event stream ended; resume from the last revision")
 
-// Watch streams events after revision from (0: from now) of the given kinds
-// (none: all) to fn until ctx ends, fn returns an error, or the stream
-// ends. It returns the last revision seen.
+// FromNow makes Watch start at the store's current revision.
+const FromNow = -1
+
+// Watch streams events after revision from (FromNow: from the current
+// revision; 0: all retained history) of the given kinds (none: all) to fn
+// until ctx ends, fn returns an error, or the stream ends. It returns the
+// last revision seen.
 func (c *Client) Watch(ctx context.Context, from int64, kinds []string, fn func(Event) error) (int64, error) {
 	path := "/api/v1/events"
 	q := url.Values{}
-	if from > 0 {
+	if from >= 0 {
 		q.Set("from", strconv.FormatInt(from, 10))
 	}
 	if len(kinds) > 0 {
