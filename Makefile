@@ -5,7 +5,7 @@ LDFLAGS := -s -w -X github.com/drover-project/drover/internal/cli.Version=$(VERS
 # Packages with concurrency run under the race detector.
 RACE_PKGS := ./internal/store/... ./internal/engine/... ./internal/server/... ./internal/agent/... ./internal/labels/... ./internal/noderange/... ./internal/boot/dhcp/...
 
-.PHONY: build test unit e2e lint bench demo fuzz clean deps
+.PHONY: build test unit e2e lint bench demo fuzz clean discovery-image deps
 
 # Debian packages that tests and benchmarks run (dhclient, perfdhcp, Kea).
 # Installed only when missing, and only as root; without them the tests
@@ -23,6 +23,11 @@ deps:
 
 build:
 	CGO_ENABLED=0 $(GO) build -trimpath -ldflags '$(LDFLAGS)' -o $(BIN) ./cmd/drover
+
+# The network-boot discovery image: build/discovery/{vmlinuz,initrd.img}
+# (docs/discovery.md). Installs Debian packages it lacks when run as root.
+discovery-image: build
+	DROVER_BIN=$(CURDIR)/$(BIN) scripts/discovery-image.sh
 
 demo: build
 	$(BIN) demo
