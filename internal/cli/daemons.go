@@ -64,6 +64,12 @@ func newServerCmd() *cobra.Command {
 				ca = "your own, from --tls-cert"
 			}
 			fmt.Fprintf(out, "drover server listening on https://%s (CA: %s)\n", srv.Addr(), ca)
+			if a := srv.BootAddr(); a != "" {
+				fmt.Fprintf(out, "boot server listening on http://%s (machines use %s)\n", a, srv.BootURL())
+			}
+			if a := srv.TFTPAddr(); a != "" {
+				fmt.Fprintf(out, "tftp server listening on %s\n", a)
+			}
 			return srv.Serve(cmd.Context())
 		},
 	}
@@ -81,7 +87,11 @@ func newServerCmd() *cobra.Command {
 	f.StringSliceVar(&cfg.DHCPInterfaces, "dhcp-interface", nil, "serve DHCPv4 on this interface (repeatable); Subnet objects say what to hand out")
 	f.BoolVar(&cfg.DHCPOnlyKnown, "dhcp-only-known", false, "DHCP answers only machines in the inventory (by NIC MAC) and reservations")
 	f.StringVar(&cfg.BootAddress, "boot-address", "", "IPv4 address machines reach this server at (DHCP next-server, boot URLs)")
-	f.StringVar(&cfg.BootURL, "boot-url", "", "base URL of the HTTP boot server as machines reach it (default http://<boot-address>)")
+	f.StringVar(&cfg.BootURL, "boot-url", "", "base URL of the HTTP boot server as machines reach it (default http://<boot-address>:<port of --boot-listen>)")
+	f.StringVar(&cfg.BootListen, "boot-listen", "", "serve iPXE scripts, kernels and rendered installer files over plain HTTP on HOST:PORT (firmware cannot trust our CA)")
+	f.StringVar(&cfg.BootFilesDir, "boot-files-dir", "", "directory of kernels and initrds the boot server serves under /files/")
+	f.StringVar(&cfg.TFTPListen, "tftp-listen", "", "serve the iPXE binaries over read-only TFTP on HOST:PORT (:69)")
+	f.StringVar(&cfg.TFTPDir, "tftp-dir", "", "directory of the iPXE binaries (default /usr/lib/ipxe, from Debian's ipxe package)")
 	f.IntVar(&gcPercent, "gc-percent", 50, "heap growth allowed between garbage collections, in percent: lower uses less memory and more CPU (GOGC in the environment wins)")
 	return cmd
 }

@@ -64,6 +64,15 @@ type Config struct {
 	// DHCPOnlyKnown ignores DHCP clients that are neither a machine's NIC
 	// nor reserved.
 	DHCPOnlyKnown bool
+	// BootListen turns the plain-HTTP boot server on (iPXE scripts,
+	// kernels, rendered installer files); BootFilesDir holds the kernels
+	// and initrds it serves under /files/.
+	BootListen   string
+	BootFilesDir string
+	// TFTPListen turns the TFTP server on, serving the iPXE binaries of
+	// TFTPDir (default /usr/lib/ipxe, Debian's ipxe package).
+	TFTPListen string
+	TFTPDir    string
 }
 
 // Server is a running site endpoint.
@@ -84,6 +93,8 @@ type Server struct {
 	contentMu sync.Mutex
 	// dhcp is the DHCPv4 server (nil when off).
 	dhcp *dhcp.Server
+	// boot are the HTTP boot and TFTP servers (boot.go).
+	boot *bootServices
 
 	// InitialAdminPassword is set when this start generated the admin
 	// password (first start without DROVER_ADMIN_PASSWORD).
@@ -104,6 +115,9 @@ func New(cfg Config) (*Server, error) {
 	}
 	if err := os.MkdirAll(cfg.DataDir, 0o700); err != nil {
 		return nil, fmt.Errorf("data dir: %w", err)
+	}
+	if err := bootDefaults(&cfg); err != nil {
+		return nil, err
 	}
 	s := &Server{cfg: cfg, log: cfg.Logger, started: time.Now(), metrics: newMetrics()}
 	var bootAddr netip.Addr
@@ -145,6 +159,10 @@ func New(cfg Config) (*Server, error) {
 		}
 	}
 	s.eng = engine.New(s.st, cfg.Engine, s.box, s.log)
+	if err := s.newBoot(); err != nil {
+		s.st.Close()
+		return nil, err
+	}
 	if len(cfg.DHCPInterfaces) > 0 {
 		s.dhcp = dhcp.New(s.st, dhcp.Config{
 			Interfaces:  cfg.DHCPInterfaces,
@@ -238,6 +256,10 @@ func (s *Server) Listen() error {
 			return err
 		}
 	}
+	if err := s.listenBoot(ln); err != nil {
+		ln.Close()
+		return err
+	}
 	s.ln = ln
 	return nil
 }
@@ -273,6 +295,7 @@ func (s *Server) Serve(ctx context.Context) error {
 			}
 		}()
 	}
+	s.serveBoot(ctx, &wg)
 	tlsCfg := s.tls.TLSConfig()
 	// HTTP/2 lets an agent's long poll, heartbeats and log uploads share one
 	// connection.

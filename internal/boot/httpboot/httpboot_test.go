@@ -226,7 +226,7 @@ func TestFilesTraversalRefused(t *testing.T) {
 	if r := e.must("/files/debian-12/linux"); r.body != "kernel" {
 		t.Fatalf("got %q", r.body)
 	}
-	for _, p := range []string{"/files/..%2Fsecret", "/files/debian-12%2F..%2F..%2Fsecret", "/files/%2E%2E/secret", "/files/debian-12", "/files/", "/files/debian-12/..%5C..%5Csecret", "/ipxe/undionly.kpxe"} {
+	for _, p := range []string{"/files/..%2Fsecret", "/files/debian-12%2F..%2F..%2Fsecret", "/files/%2E%2E/secret", "/files/debian-12", "/files/", "/files/debian-12/..%5C..%5Csecret", "/undionly.kpxe", "/..%2Fsecret"} {
 		r := e.get(p)
 		if r.status == http.StatusOK || strings.Contains(r.body, "secret\n") || r.body == "secret" {
 			t.Errorf("%s: %d %q", p, r.status, r.body)
@@ -348,5 +348,26 @@ chain --replace --autofree http://10.0.0.1:8080/boot/52-54-00-12-34-56.ipxe || r
 	e.put(&api.BootEnv{Meta: api.Meta{Kind: api.KindBootEnv, Name: "custom"}, IPXEScript: "shell\n"})
 	if r := e.must("/boot/" + mac1 + ".ipxe"); !bytes.Equal([]byte(r.body), []byte("#!ipxe\nshell\n")) {
 		t.Fatalf("override: %q", r.body)
+	}
+}
+
+// TestIPXEBinariesAtTheRoot: UEFI HTTP boot clients are handed
+// BOOT-URL/ipxe.efi by DHCP.
+func TestIPXEBinariesAtTheRoot(t *testing.T) {
+	e := newEnv(t)
+	dir := t.TempDir()
+	if err := os.WriteFile(filepath.Join(dir, "ipxe.efi"), []byte("MZ efi"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	e.srv.cfg.IPXEDir = dir
+	e.h = e.srv.Handler()
+	if r := e.must("/ipxe.efi"); r.body != "MZ efi" {
+		t.Fatalf("ipxe.efi: %q", r.body)
+	}
+	if r := e.must("/ca.pem"); r.body != testCA {
+		t.Fatalf("ca.pem: %q", r.body)
+	}
+	if r := e.get("/snponly.efi"); r.status != http.StatusNotFound {
+		t.Fatalf("missing file: %d", r.status)
 	}
 }

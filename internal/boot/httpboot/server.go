@@ -24,6 +24,7 @@ import (
 	"net/http"
 	"os"
 	"strconv"
+	"strings"
 	"time"
 
 	"github.com/drover-project/drover/api"
@@ -52,10 +53,14 @@ type Config struct {
 	// Address is the IP machines reach the server at (--boot-address),
 	// advertised in scripts and URLs.
 	Address string
+	// URL is the base URL machines are given (--boot-url), when they
+	// reach the server through something else than Address and the port
+	// it listens on; default http://Address:PORT.
+	URL string
 	// FilesDir holds kernels and initrds, served at /files/.
 	FilesDir string
-	// IPXEDir holds the iPXE binaries (the TFTP directory), also served at
-	// /ipxe/ for UEFI HTTP boot clients.
+	// IPXEDir holds the iPXE binaries (the TFTP directory), also served
+	// over HTTP at the root (/ipxe.efi) for UEFI HTTP boot clients.
 	IPXEDir string
 	// Endpoint is the API URL agents use; CACertPEM is the CA they trust.
 	Endpoint  string
@@ -139,6 +144,9 @@ func (s *Server) Addr() string {
 // URL is the base URL machines are given: the advertised address and the
 // bound port.
 func (s *Server) URL() string {
+	if s.cfg.URL != "" {
+		return strings.TrimRight(s.cfg.URL, "/")
+	}
 	port := "80"
 	if s.ln != nil {
 		port = strconv.Itoa(s.ln.Addr().(*net.TCPAddr).Port)
@@ -186,7 +194,7 @@ func (s *Server) Handler() http.Handler {
 	mux.HandleFunc("POST /boot/{mac}/local", s.handleLocal)
 	mux.HandleFunc("GET /render/{mac}/{path...}", s.handleRender)
 	mux.HandleFunc("GET /files/{path...}", s.serveDir("--boot-files-dir", s.cfg.FilesDir))
-	mux.HandleFunc("GET /ipxe/{path...}", s.serveDir("--tftp-dir", s.cfg.IPXEDir))
+	mux.HandleFunc("GET /{path}", s.serveDir("--tftp-dir", s.cfg.IPXEDir))
 	mux.HandleFunc("GET /ca.pem", s.handleCA)
 	mux.HandleFunc("GET /agent/drover", s.handleAgent)
 	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
