@@ -56,6 +56,7 @@ fuzz:
 bench: deps build
 	$(GO) test -run '^$$' -bench . -benchtime 1x ./internal/store/bolt ./internal/noderange
 	DROVER_BIN=$(CURDIR)/$(BIN) $(GO) run ./bench/agents -agents 10000
+	DROVER_BIN=$(CURDIR)/$(BIN) $(GO) run ./bench/dhcp
 
 clean:
 	rm -rf bin e2e.log

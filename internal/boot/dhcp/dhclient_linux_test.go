@@ -8,12 +8,12 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"runtime"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/drover-project/drover/api"
+	"github.com/drover-project/drover/internal/netns"
 	"golang.org/x/sys/unix"
 )
 
@@ -53,36 +53,6 @@ func newNetnsPair(t *testing.T, srvAddr string) *netnsPair {
 	run(t, "ip", "-n", p.cliNS, "link", "set", p.cliIf, "up")
 	run(t, "ip", "-n", p.cliNS, "link", "set", "lo", "up")
 	return p
-}
-
-// inNetns runs fn on a thread moved into the named network namespace:
-// sockets fn opens belong to it for good.
-func inNetns(ns string, fn func() error) error {
-	runtime.LockOSThread()
-	orig, err := os.Open("/proc/thread-self/ns/net")
-	if err != nil {
-		runtime.UnlockOSThread()
-		return err
-	}
-	defer orig.Close()
-	target, err := os.Open("/run/netns/" + ns)
-	if err != nil {
-		runtime.UnlockOSThread()
-		return err
-	}
-	defer target.Close()
-	if err := unix.Setns(int(target.Fd()), unix.CLONE_NEWNET); err != nil {
-		runtime.UnlockOSThread()
-		return fmt.Errorf("setns %s: %w", ns, err)
-	}
-	ferr := fn()
-	if err := unix.Setns(int(orig.Fd()), unix.CLONE_NEWNET); err != nil {
-		// The thread stays locked and dies with its goroutine rather
-		// than run other goroutines in the wrong namespace.
-		return fmt.Errorf("setns back: %w", err)
-	}
-	runtime.UnlockOSThread()
-	return ferr
 }
 
 // dhclientResult is what dhclient handed its script.
@@ -219,7 +189,7 @@ func startReal(t *testing.T, h *harness, p *netnsPair) {
 	cfg := h.cfg
 	cfg.Logger = quiet
 	h.srv = New(h.st, cfg)
-	if err := inNetns(p.srvNS, h.srv.Listen); err != nil {
+	if err := netns.Do(p.srvNS, h.srv.Listen); err != nil {
 		t.Fatal(err)
 	}
 	ctx, cancel := context.WithCancel(context.Background())

@@ -23,6 +23,7 @@ import (
 
 	"github.com/drover-project/drover/internal/model"
 	"github.com/drover-project/drover/internal/store"
+	"golang.org/x/net/ipv4"
 )
 
 // Config configures the DHCP server.
@@ -58,6 +59,8 @@ const (
 	declineHold = time.Hour
 	// maxBatch bounds the leases written in one store transaction.
 	maxBatch = 1024
+	// readers is how many goroutines read each socket.
+	readers = 2
 )
 
 // Stats counts what the server did (for /metrics and tests).
@@ -97,6 +100,21 @@ type packetConn interface {
 	ReadFromUDPAddrPort(b []byte) (int, netip.AddrPort, error)
 	WriteToUDPAddrPort(b []byte, addr netip.AddrPort) (int, error)
 	Close() error
+}
+
+// batchWriter sends many datagrams in one system call (sendmmsg).
+type batchWriter interface {
+	WriteBatch(ms []ipv4.Message, flags int) (int, error)
+}
+
+// udpConn is a socket with batched writes.
+type udpConn struct {
+	*net.UDPConn
+	pc *ipv4.PacketConn
+}
+
+func (c udpConn) WriteBatch(ms []ipv4.Message, flags int) (int, error) {
+	return c.pc.WriteBatch(ms, flags)
 }
 
 // New makes a server; Listen opens its sockets and Run serves.
@@ -162,7 +180,7 @@ func (s *Server) Listen() error {
 			s.closeLinks()
 			return fmt.Errorf("dhcp: listen on %s port %d: %w", name, s.cfg.Port, err)
 		}
-		s.addLink(&link{name: name, addrs: prefixes, conn: conn})
+		s.addLink(&link{name: name, addrs: prefixes, conn: udpConn{conn, ipv4.NewPacketConn(conn)}})
 	}
 	return nil
 }
@@ -216,12 +234,16 @@ func (s *Server) Run(ctx context.Context) error {
 		defer wg.Done()
 		s.commitLoop(ctx)
 	}()
+	// Readers parse and build packets in parallel; only the decisions
+	// are serialized (under mu).
 	for _, l := range s.links {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			s.readLoop(ctx, l)
-		}()
+		for range readers {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				s.readLoop(ctx, l)
+			}()
+		}
 	}
 	<-ctx.Done()
 	s.closeLinks()
@@ -373,10 +395,39 @@ func (s *Server) writeBatch(ctx context.Context, batch []*commit) {
 		return
 	}
 	s.Stats.LeaseWrites.Add(int64(len(ops)))
-	for _, c := range batch {
-		if c.reply != nil {
-			s.send(c.link, c.reply, c.to)
+	s.sendBatch(batch)
+}
+
+// sendBatch sends the replies of a written batch, with one system call
+// per link and up to 64 packets where the socket allows it.
+func (s *Server) sendBatch(batch []*commit) {
+	var msgs []ipv4.Message
+	for i := 0; i < len(batch); {
+		c := batch[i]
+		bw, ok := c.link.conn.(batchWriter)
+		if !ok {
+			if c.reply != nil {
+				s.send(c.link, c.reply, c.to)
+			}
+			i++
+			continue
 		}
+		msgs = msgs[:0]
+		j := i
+		for ; j < len(batch) && batch[j].link == c.link && len(msgs) < 64; j++ {
+			if b := batch[j].reply; b != nil {
+				msgs = append(msgs, ipv4.Message{Buffers: [][]byte{b}, Addr: net.UDPAddrFromAddrPort(batch[j].to)})
+			}
+		}
+		for len(msgs) > 0 {
+			n, err := bw.WriteBatch(msgs, 0)
+			if err != nil {
+				s.log.Debug("dhcp send", "interface", c.link.name, "err", err)
+				n = max(n, 1)
+			}
+			msgs = msgs[n:]
+		}
+		i = j
 	}
 }
 
