@@ -3,14 +3,15 @@ BIN := bin/drover
 VERSION ?= $(shell git describe --always --dirty 2>/dev/null || echo dev)
 LDFLAGS := -s -w -X github.com/drover-project/drover/internal/cli.Version=$(VERSION)
 # Packages with concurrency run under the race detector.
-RACE_PKGS := ./internal/store/... ./internal/engine/... ./internal/server/... ./internal/agent/... ./internal/labels/... ./internal/noderange/... ./internal/boot/dhcp/...
+RACE_PKGS := ./internal/store/... ./internal/engine/... ./internal/server/... ./internal/agent/... ./internal/labels/... ./internal/noderange/... ./internal/boot/...
 
 .PHONY: build test unit e2e lint bench demo fuzz clean discovery-image deps
 
-# Debian packages that tests and benchmarks run (dhclient, perfdhcp, Kea).
+# Debian packages that tests and benchmarks run (dhclient, perfdhcp, Kea,
+# tftp-hpa's client) and the iPXE binaries the TFTP server hands out.
 # Installed only when missing, and only as root; without them the tests
 # that need root skip, and the others do not use them.
-DEB_DEPS := iproute2 isc-dhcp-client kea-admin kea-dhcp4-server
+DEB_DEPS := iproute2 isc-dhcp-client kea-admin kea-dhcp4-server ipxe tftp-hpa
 
 deps:
 	@if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \

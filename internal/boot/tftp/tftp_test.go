@@ -148,6 +148,11 @@ func TestRealClientFetchesIPXE(t *testing.T) {
 	if !bytes.Equal(got, want) {
 		t.Fatalf("fetched %d bytes, differing from the %d of %s", len(got), len(want), filepath.Join(dir, "undionly.kpxe"))
 	}
+	// The server counts a transfer once the client's last ACK is in,
+	// which may be after the client has exited.
+	for deadline := time.Now().Add(5 * time.Second); s.Transfers() != 1 && time.Now().Before(deadline); {
+		time.Sleep(10 * time.Millisecond)
+	}
 	if s.Transfers() != 1 {
 		t.Errorf("%d transfers counted, want 1", s.Transfers())
 	}
