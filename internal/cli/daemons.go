@@ -90,6 +90,7 @@ func newServerCmd() *cobra.Command {
 	f.StringVar(&cfg.BootURL, "boot-url", "", "base URL of the HTTP boot server as machines reach it (default http://<boot-address>:<port of --boot-listen>)")
 	f.StringVar(&cfg.BootListen, "boot-listen", "", "serve iPXE scripts, kernels and rendered installer files over plain HTTP on HOST:PORT (firmware cannot trust our CA)")
 	f.StringVar(&cfg.BootFilesDir, "boot-files-dir", "", "directory of kernels and initrds the boot server serves under /files/")
+	f.StringVar(&cfg.DiscoveryDir, "discovery-dir", "", "directory of the discovery image (vmlinuz, initrd.img from make discovery-image) served as /files/discovery/ (default <boot-files-dir>/discovery)")
 	f.StringVar(&cfg.TFTPListen, "tftp-listen", "", "serve the iPXE binaries over read-only TFTP on HOST:PORT (:69)")
 	f.StringVar(&cfg.TFTPDir, "tftp-dir", "", "directory of the iPXE binaries (default /usr/lib/ipxe, from Debian's ipxe package)")
 	f.IntVar(&gcPercent, "gc-percent", 50, "heap growth allowed between garbage collections, in percent: lower uses less memory and more CPU (GOGC in the environment wins)")

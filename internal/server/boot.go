@@ -28,8 +28,8 @@ type bootServices struct {
 // there).
 func bootDefaults(cfg *Config) error {
 	if cfg.BootListen == "" {
-		if cfg.BootFilesDir != "" {
-			return errors.New("--boot-files-dir needs --boot-listen (the HTTP boot server serves the files)")
+		if cfg.BootFilesDir != "" || cfg.DiscoveryDir != "" {
+			return errors.New("--boot-files-dir and --discovery-dir need --boot-listen (the HTTP boot server serves the files)")
 		}
 		return nil
 	}
@@ -93,14 +93,15 @@ func (s *Server) listenBoot(api net.Listener) error {
 	}
 	port := strconv.Itoa(api.Addr().(*net.TCPAddr).Port)
 	h, err := httpboot.New(httpboot.Config{
-		Listen:    s.cfg.BootListen,
-		Address:   s.cfg.BootAddress,
-		URL:       s.cfg.BootURL,
-		FilesDir:  s.cfg.BootFilesDir,
-		IPXEDir:   ipxeDir,
-		Endpoint:  "https://" + net.JoinHostPort(s.cfg.BootAddress, port),
-		CACertPEM: s.tls.CACertPEM, // empty with --tls-cert: not ours to hand out
-		Logger:    s.log,
+		Listen:       s.cfg.BootListen,
+		Address:      s.cfg.BootAddress,
+		URL:          s.cfg.BootURL,
+		FilesDir:     s.cfg.BootFilesDir,
+		DiscoveryDir: s.cfg.DiscoveryDir,
+		IPXEDir:      ipxeDir,
+		Endpoint:     "https://" + net.JoinHostPort(s.cfg.BootAddress, port),
+		CACertPEM:    s.tls.CACertPEM, // empty with --tls-cert: not ours to hand out
+		Logger:       s.log,
 	}, s.st, s.boot.index, s.eng, s.box)
 	if err != nil {
 		return err

@@ -125,7 +125,7 @@ func TestBootFlagsChecked(t *testing.T) {
 	}{
 		{func(c *Config) { c.BootListen = ":0" }, "--boot-listen :0 needs --boot-address"},
 		{func(c *Config) { c.BootListen = "nonsense" }, "want HOST:PORT"},
-		{func(c *Config) { c.BootFilesDir = "/tmp" }, "--boot-files-dir needs --boot-listen"},
+		{func(c *Config) { c.BootFilesDir = "/tmp" }, "--boot-files-dir and --discovery-dir need --boot-listen"},
 		{func(c *Config) { c.TFTPListen, c.TFTPDir = ":0", "/nonexistent" }, "tftp directory"},
 	} {
 		cfg := Config{DataDir: t.TempDir(), Listen: "127.0.0.1:0", NoDefaultContent: true}

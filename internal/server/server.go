@@ -69,6 +69,9 @@ type Config struct {
 	// and initrds it serves under /files/.
 	BootListen   string
 	BootFilesDir string
+	// DiscoveryDir serves the discovery image (vmlinuz, initrd.img) at
+	// /files/discovery/ instead of BootFilesDir/discovery.
+	DiscoveryDir string
 	// TFTPListen turns the TFTP server on, serving the iPXE binaries of
 	// TFTPDir (default /usr/lib/ipxe, Debian's ipxe package).
 	TFTPListen string

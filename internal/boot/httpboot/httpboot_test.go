@@ -42,7 +42,7 @@ func TestUnknownMACGetsDiscovery(t *testing.T) {
 	}
 	contains(t, "discovery script", r.body,
 		"kernel http://10.0.0.1:8080/files/discovery/vmlinuz console=tty0 console=ttyS0,115200n8 drover.endpoint=https://10.0.0.1:8443 drover.join-token=drj_abc_s3cret drover.ca-url=http://10.0.0.1:8080/ca.pem drover.ca-sha256=",
-		"drover.boot-url=http://10.0.0.1:8080 drover.mac=52:54:00:aa:bb:cc initrd=initrd.img || goto failed\n",
+		"drover.mac=52:54:00:aa:bb:cc initrd=initrd.img || goto failed\n",
 		"initrd --name initrd.img http://10.0.0.1:8080/files/discovery/initrd.img || goto failed\n",
 		"boot || goto failed\n")
 
@@ -369,5 +369,21 @@ func TestIPXEBinariesAtTheRoot(t *testing.T) {
 	}
 	if r := e.get("/snponly.efi"); r.status != http.StatusNotFound {
 		t.Fatalf("missing file: %d", r.status)
+	}
+}
+
+func TestDiscoveryDir(t *testing.T) {
+	e := newEnv(t)
+	dir := t.TempDir()
+	if err := os.WriteFile(filepath.Join(dir, "vmlinuz"), []byte("discovery kernel"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	e.srv.cfg.DiscoveryDir = dir
+	e.h = e.srv.Handler()
+	if r := e.must("/files/discovery/vmlinuz"); r.body != "discovery kernel" {
+		t.Fatalf("got %q", r.body)
+	}
+	if r := e.get("/files/discovery/..%2F..%2Fetc%2Fpasswd"); r.status != http.StatusNotFound {
+		t.Fatalf("traversal: %d", r.status)
 	}
 }

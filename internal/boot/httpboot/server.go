@@ -59,6 +59,10 @@ type Config struct {
 	URL string
 	// FilesDir holds kernels and initrds, served at /files/.
 	FilesDir string
+	// DiscoveryDir, when set, serves /files/discovery/ (the discovery
+	// image's vmlinuz and initrd.img, as make discovery-image builds them
+	// in build/discovery) instead of FilesDir/discovery.
+	DiscoveryDir string
 	// IPXEDir holds the iPXE binaries (the TFTP directory), also served
 	// over HTTP at the root (/ipxe.efi) for UEFI HTTP boot clients.
 	IPXEDir string
@@ -107,7 +111,7 @@ func New(cfg Config, st store.Store, index *macindex.Index, r Renderer, sealer S
 			cfg.AgentBinary = exe
 		}
 	}
-	for _, d := range []struct{ flag, dir string }{{"--boot-files-dir", cfg.FilesDir}, {"--tftp-dir", cfg.IPXEDir}} {
+	for _, d := range []struct{ flag, dir string }{{"--boot-files-dir", cfg.FilesDir}, {"--discovery-dir", cfg.DiscoveryDir}, {"--tftp-dir", cfg.IPXEDir}} {
 		if d.dir == "" {
 			continue
 		}
@@ -194,6 +198,9 @@ func (s *Server) Handler() http.Handler {
 	mux.HandleFunc("POST /boot/{mac}/local", s.handleLocal)
 	mux.HandleFunc("GET /render/{mac}/{path...}", s.handleRender)
 	mux.HandleFunc("GET /files/{path...}", s.serveDir("--boot-files-dir", s.cfg.FilesDir))
+	if s.cfg.DiscoveryDir != "" {
+		mux.HandleFunc("GET /files/discovery/{path...}", s.serveDir("--discovery-dir", s.cfg.DiscoveryDir))
+	}
 	mux.HandleFunc("GET /{path}", s.serveDir("--tftp-dir", s.cfg.IPXEDir))
 	mux.HandleFunc("GET /ca.pem", s.handleCA)
 	mux.HandleFunc("GET /agent/drover", s.handleAgent)
