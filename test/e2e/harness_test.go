@@ -57,12 +57,18 @@ type proc struct {
 
 func startProc(t *testing.T, dir, name string, env []string, args ...string) *proc {
 	t.Helper()
+	return startCommand(t, dir, name, env, droverBin, args...)
+}
+
+// startCommand starts any program the way startProc starts drover.
+func startCommand(t *testing.T, dir, name string, env []string, program string, args ...string) *proc {
+	t.Helper()
 	logPath := filepath.Join(dir, name+".log")
 	f, err := os.OpenFile(logPath, os.O_CREATE|os.O_APPEND|os.O_WRONLY, 0o644)
 	if err != nil {
 		t.Fatal(err)
 	}
-	cmd := exec.Command(droverBin, args...)
+	cmd := exec.Command(program, args...)
 	cmd.Env = append(os.Environ(), env...)
 	cmd.Stdout, cmd.Stderr = f, f
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
