@@ -117,6 +117,15 @@ func (c udpConn) WriteBatch(ms []ipv4.Message, flags int) (int, error) {
 	return c.pc.WriteBatch(ms, flags)
 }
 
+func (c udpConn) ReadBatch(ms []ipv4.Message, flags int) (int, error) {
+	return c.pc.ReadBatch(ms, flags)
+}
+
+// batchReader receives many datagrams in one system call (recvmmsg).
+type batchReader interface {
+	ReadBatch(ms []ipv4.Message, flags int) (int, error)
+}
+
 // New makes a server; Listen opens its sockets and Run serves.
 func New(st store.Store, cfg Config) *Server {
 	if cfg.Logger == nil {
@@ -252,6 +261,10 @@ func (s *Server) Run(ctx context.Context) error {
 }
 
 func (s *Server) readLoop(ctx context.Context, l *link) {
+	if br, ok := l.conn.(batchReader); ok {
+		s.readBatches(ctx, l, br)
+		return
+	}
 	buf := make([]byte, 4096)
 	for {
 		n, peer, err := l.conn.ReadFromUDPAddrPort(buf)
@@ -263,6 +276,31 @@ func (s *Server) readLoop(ctx context.Context, l *link) {
 			continue
 		}
 		s.handlePacket(l, buf[:n], peer)
+	}
+}
+
+// readBatches reads up to 32 datagrams per system call.
+func (s *Server) readBatches(ctx context.Context, l *link, br batchReader) {
+	msgs := make([]ipv4.Message, 32)
+	for i := range msgs {
+		msgs[i].Buffers = [][]byte{make([]byte, 1500)}
+	}
+	for {
+		n, err := br.ReadBatch(msgs, 0)
+		if err != nil {
+			if ctx.Err() != nil || errors.Is(err, net.ErrClosed) {
+				return
+			}
+			s.log.Warn("dhcp read", "interface", l.name, "err", err)
+			continue
+		}
+		for _, m := range msgs[:n] {
+			var peer netip.AddrPort
+			if ua, ok := m.Addr.(*net.UDPAddr); ok {
+				peer = ua.AddrPort()
+			}
+			s.handlePacket(l, m.Buffers[0][:m.N], peer)
+		}
 	}
 }
 
