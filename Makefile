@@ -5,7 +5,7 @@ LDFLAGS := -s -w -X github.com/drover-project/drover/internal/cli.Version=$(VERS
 # Packages with concurrency run under the race detector.
 RACE_PKGS := ./internal/store/... ./internal/engine/... ./internal/server/... ./internal/agent/... ./internal/labels/... ./internal/noderange/... ./internal/boot/...
 
-.PHONY: build test unit e2e lint bench demo fuzz clean discovery-image deps
+.PHONY: build test unit e2e lint bench demo fuzz clean discovery-image deps qemu-deps
 
 # Debian packages that tests and benchmarks run (dhclient, perfdhcp, Kea,
 # tftp-hpa's client) and the iPXE binaries the TFTP server hands out.
@@ -41,8 +41,17 @@ unit:
 	$(GO) test -count=1 $$($(GO) list ./... | grep -v /test/e2e)
 	$(GO) test -count=1 -race $(RACE_PKGS)
 
-# End-to-end tests: real server and agent processes on loopback.
-e2e: build
+# QEMU for the boot tests, without the GUI it recommends (VMs run
+# -nographic). Root only, like deps.
+qemu-deps:
+	@if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && ! command -v qemu-system-x86_64 >/dev/null; then \
+		echo "installing qemu-system-x86"; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends qemu-system-x86 >/dev/null; \
+	fi
+
+# End-to-end tests: real server and agent processes on loopback, and VMs
+# booting the discovery image (the test brings build/discovery up to date).
+e2e: build qemu-deps
 	DROVER_BIN=$(CURDIR)/$(BIN) $(GO) test -count=1 -timeout 30m ./test/e2e/...
 
 test: deps lint unit e2e
