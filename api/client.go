@@ -71,6 +71,23 @@ func NewClientFromFile(endpoint, caFile, token string) (*Client, error) {
 	return NewClient(endpoint, ca, token)
 }
 
+// UseHTTP1 makes the client speak HTTP/1.1, before its first request. A
+// command-line client sends one request at a time and gains nothing from
+// HTTP/2's multiplexing, while a big answer (a list of thousands of
+// machines) comes faster over HTTP/1.1: the server's handler writes to the
+// connection itself instead of handing every write to the connection's
+// goroutine. Agents keep HTTP/2: their long poll, heartbeats and logs
+// share one connection.
+func (c *Client) UseHTTP1() {
+	tr, ok := c.HTTP.Transport.(*http.Transport)
+	if !ok {
+		return
+	}
+	tr.ForceAttemptHTTP2 = false
+	tr.TLSNextProto = map[string]func(string, *tls.Conn) http.RoundTripper{}
+	tr.TLSClientConfig.NextProtos = []string{"http/1.1"}
+}
+
 // WithToken returns a copy of the client using another token.
 func (c *Client) WithToken(token string) *Client {
 	cc := *c

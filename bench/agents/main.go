@@ -386,6 +386,7 @@ func runSampler() error {
 	if err != nil {
 		return err
 	}
+	c.UseHTTP1() // as the CLI does
 	ctx, cancel := context.WithCancel(context.Background())
 	go func() {
 		_, _ = io.Copy(io.Discard, os.Stdin)

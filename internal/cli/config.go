@@ -102,6 +102,7 @@ func client(cmd *cobra.Command) (*api.Client, error) {
 	if err != nil {
 		return nil, err
 	}
+	c.UseHTTP1()
 	user, pass := os.Getenv("DROVER_USERNAME"), os.Getenv("DROVER_PASSWORD")
 	if os.Getenv("DROVER_TOKEN") == "" && user != "" && pass != "" {
 		resp, err := c.Login(cmd.Context(), user, pass, "1h")
