@@ -142,3 +142,22 @@ type BootInfo struct {
 	Initrds             []string
 	KernelParams        string
 }
+
+// SetBootEnvRequest is the body of POST /api/v1/agent/boot-env: a task
+// run by a machine's agent sets its own machine's boot environment (an
+// install task, before it reboots the machine).
+type SetBootEnvRequest struct {
+	BootEnv string `json:"bootEnv"`
+}
+
+// SetBootEnvResponse says what was written and what the boot server
+// serves the machine now.
+type SetBootEnvResponse struct {
+	Machine  string `json:"machine"`
+	BootEnv  string `json:"bootEnv"`
+	Revision int64  `json:"revision"`
+	// Served is the environment the boot server hands the machine's MACs
+	// from now on, checked after the write (empty when the server runs no
+	// boot server or the machine has no MAC).
+	Served string `json:"served,omitempty"`
+}

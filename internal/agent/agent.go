@@ -98,6 +98,12 @@ func New(cfg Config) (*Agent, error) {
 	if err := a.loadState(); err != nil {
 		return nil, err
 	}
+	if len(cfg.CAPEM) > 0 {
+		// Tasks that call the API (drover agent boot-env) trust it too.
+		if err := writeFileAtomic(filepath.Join(cfg.StateDir, caFile), cfg.CAPEM, 0o644); err != nil {
+			return nil, fmt.Errorf("state dir: %w", err)
+		}
+	}
 	if cfg.Name == "" {
 		if a.st.Machine != "" {
 			cfg.Name = a.st.Machine
@@ -465,6 +471,9 @@ func (a *Agent) runJob(ctx context.Context, job *api.JobSpec) {
 		"DROVER_MACHINE=" + a.st.Machine,
 		"DROVER_ENDPOINT=" + a.cfg.Endpoint,
 		"DROVER_STATE_DIR=" + a.cfg.StateDir,
+	}
+	if len(a.cfg.CAPEM) > 0 {
+		env = append(env, "DROVER_CA_CERT="+filepath.Join(a.cfg.StateDir, caFile))
 	}
 	exit, runErr := a.cfg.Executor.Execute(jobCtx, ExecRequest{Job: job, WorkDir: workDir, Env: env, Output: stream})
 	timedOut := errors.Is(jobCtx.Err(), context.DeadlineExceeded)

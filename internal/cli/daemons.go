@@ -135,6 +135,55 @@ func newAgentCmd() *cobra.Command {
 	f.StringVar(&cfg.JoinToken, "join-token", "", "join token for the first registration (or $DROVER_JOIN_TOKEN)")
 	f.StringVar(&cfg.StateDir, "state-dir", "/var/lib/drover-agent", "where the agent keeps its identity and credential")
 	f.StringVar(&cfg.Name, "name", "", "machine name (default: the host name)")
+	cmd.AddCommand(newAgentBootEnvCmd())
+	return cmd
+}
+
+// newAgentBootEnvCmd is for tasks: set this machine's boot environment
+// with the agent's credential, before a reboot.
+func newAgentBootEnvCmd() *cobra.Command {
+	var endpoint, caFile, stateDir string
+	cmd := &cobra.Command{
+		Use:   "boot-env ENV",
+		Short: "Set this machine's boot environment with the agent's credential (for tasks, before a reboot)",
+		Long: "Set the boot environment of the machine this agent runs on (a task before it reboots the machine:\n" +
+			"drover agent boot-env local && reboot). It returns once the boot server serves the new environment.\n" +
+			"Tasks get --endpoint, --ca-cert and --state-dir from the agent as DROVER_ENDPOINT, DROVER_CA_CERT and DROVER_STATE_DIR.",
+		Args: cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			if endpoint == "" {
+				endpoint = os.Getenv("DROVER_ENDPOINT")
+			}
+			if caFile == "" {
+				caFile = os.Getenv("DROVER_CA_CERT")
+			}
+			if stateDir == "" {
+				stateDir = os.Getenv("DROVER_STATE_DIR")
+			}
+			var caPEM []byte
+			if caFile != "" {
+				b, err := os.ReadFile(caFile)
+				if err != nil {
+					return fmt.Errorf("--ca-cert: %w", err)
+				}
+				caPEM = b
+			}
+			resp, err := agent.SetBootEnv(cmd.Context(), endpoint, caPEM, stateDir, args[0])
+			if err != nil {
+				return err
+			}
+			served := ""
+			if resp.Served != "" {
+				served = "; the boot server serves it now"
+			}
+			fmt.Fprintf(cmd.OutOrStdout(), "machine %s: boot environment %s (revision %d)%s\n", resp.Machine, resp.BootEnv, resp.Revision, served)
+			return nil
+		},
+	}
+	f := cmd.Flags()
+	f.StringVar(&endpoint, "endpoint", "", "endpoint URL (default $DROVER_ENDPOINT, else the one the agent registered with)")
+	f.StringVar(&caFile, "ca-cert", "", "CA certificate of the endpoint (default $DROVER_CA_CERT, else the agent's)")
+	f.StringVar(&stateDir, "state-dir", "", "the agent's state dir (default $DROVER_STATE_DIR)")
 	return cmd
 }
 

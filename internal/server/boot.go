@@ -5,13 +5,18 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"net/http"
 	"os"
 	"strconv"
 	"sync"
+	"time"
 
+	"github.com/drover-project/drover/api"
 	"github.com/drover-project/drover/internal/boot/httpboot"
 	"github.com/drover-project/drover/internal/boot/macindex"
 	"github.com/drover-project/drover/internal/boot/tftp"
+	"github.com/drover-project/drover/internal/model"
+	"github.com/drover-project/drover/internal/store"
 )
 
 // bootServices are the TFTP and HTTP boot servers, each nil when off.
@@ -157,4 +162,73 @@ func (s *Server) TFTPAddr() string {
 		return ""
 	}
 	return s.boot.tftp.Addr()
+}
+
+// handleAgentBootEnv lets a task on a machine set its own machine's boot
+// environment (an install task, before it reboots the machine). The
+// write is one transaction with its audit record; the answer comes once
+// the boot server serves the new environment to the machine's MACs, so
+// the task can reboot right after.
+func (s *Server) handleAgentBootEnv(w http.ResponseWriter, r *http.Request, p *principal) {
+	var req api.SetBootEnvRequest
+	if err := decodeBody(r, &req); err != nil {
+		writeError(w, err)
+		return
+	}
+	if err := model.ValidateName(req.BootEnv); err != nil {
+		writeError(w, badRequest("bootEnv: %v", err))
+		return
+	}
+	ctx := r.Context()
+	if _, err := s.st.Get(ctx, api.KindBootEnv, req.BootEnv); err != nil {
+		if errors.Is(err, store.ErrNotFound) {
+			err = apiError(http.StatusNotFound, "not_found", "boot environment %q does not exist (drover get bootenvs lists them)", req.BootEnv)
+		}
+		writeError(w, err)
+		return
+	}
+	var m api.Machine
+	var rev int64
+	for attempt := 0; ; attempt++ {
+		if err := getObj(ctx, s.st, api.KindMachine, p.Machine, &m); err != nil {
+			writeError(w, fmt.Errorf("machine %q: %w", p.Machine, err))
+			return
+		}
+		if m.BootEnv == req.BootEnv {
+			rev = m.Revision
+			break
+		}
+		before := m.BootEnvName()
+		m.BootEnv = req.BootEnv
+		op, err := updateOpFor(&m)
+		if err != nil {
+			writeError(w, err)
+			return
+		}
+		_, rev, err = s.st.Txn(ctx, []store.Op{op, s.auditOp(p, "updated", api.KindMachine+"/"+m.Name, "bootEnv "+before+" -> "+req.BootEnv, time.Now().UTC(), 1)})
+		if errors.Is(err, store.ErrConflict) && attempt < 10 {
+			continue // a heartbeat's write got in between
+		}
+		if err != nil {
+			writeError(w, err)
+			return
+		}
+		break
+	}
+	resp := api.SetBootEnvResponse{Machine: m.Name, BootEnv: req.BootEnv, Revision: rev}
+	if s.boot.http != nil {
+		for _, mac := range m.MACs() {
+			served, err := s.boot.http.ServedEnv(ctx, mac)
+			if err != nil {
+				writeError(w, err)
+				return
+			}
+			if served != m.BootEnvName() {
+				writeError(w, apiError(http.StatusInternalServerError, "internal", "machine %q: %s is still served %q after the write of %q", m.Name, mac, served, m.BootEnvName()))
+				return
+			}
+			resp.Served = served
+		}
+	}
+	writeJSON(w, http.StatusOK, resp)
 }

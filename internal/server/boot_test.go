@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/drover-project/drover/api"
+	"github.com/drover-project/drover/internal/agent"
 	"github.com/pin/tftp/v3"
 )
 
@@ -49,7 +50,7 @@ func TestBootServices(t *testing.T) {
 		return resp, string(b)
 	}
 
-	e.agent("n1")
+	agentClient := e.agent("n1")
 	var m api.Machine
 	if err := e.admin.Get(ctx, api.KindMachine, "n1", &m); err != nil {
 		t.Fatal(err)
@@ -101,6 +102,36 @@ func TestBootServices(t *testing.T) {
 	r.Body.Close()
 	if err := e.admin.Get(ctx, api.KindMachine, "n1", &m); err != nil || r.StatusCode != http.StatusOK || m.BootEnv != api.BootEnvLocal {
 		t.Fatalf("switch to local: %d, machine in %q (%v)", r.StatusCode, m.BootEnv, err)
+	}
+
+	// A task on the machine sets its boot environment with the agent's
+	// credential, as drover agent boot-env does; the answer says the boot
+	// server serves it already.
+	var set api.SetBootEnvResponse
+	if err := agentClient.Do(ctx, http.MethodPost, "/api/v1/agent/boot-env", api.SetBootEnvRequest{BootEnv: "debian-12-preseed"}, &set); err != nil {
+		t.Fatal(err)
+	}
+	if set.Machine != "n1" || set.BootEnv != "debian-12-preseed" || set.Served != "debian-12-preseed" {
+		t.Fatalf("set boot env: %+v", set)
+	}
+	if resp, _ := get("/boot/" + mac + ".ipxe"); resp.Header.Get("X-Drover-Boot-Env") != "debian-12-preseed" {
+		t.Fatalf("served %s", resp.Header.Get("X-Drover-Boot-Env"))
+	}
+	err = agentClient.Do(ctx, http.MethodPost, "/api/v1/agent/boot-env", api.SetBootEnvRequest{BootEnv: "nonesuch"}, &set)
+	if err == nil || !strings.Contains(err.Error(), `boot environment "nonesuch" does not exist`) {
+		t.Fatalf("unknown env: %v", err)
+	}
+	if err := e.admin.Do(ctx, http.MethodPost, "/api/v1/agent/boot-env", api.SetBootEnvRequest{BootEnv: "local"}, &set); err == nil {
+		t.Fatal("a user set a boot env through the agent API")
+	}
+	// drover agent boot-env, from the agent's state dir.
+	stateDir := t.TempDir()
+	st, _ := json.Marshal(map[string]string{"agentID": "x", "machine": "n1", "endpoint": e.url, "token": agentClient.Token})
+	if err := os.WriteFile(filepath.Join(stateDir, "agent.json"), st, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if resp, err := agent.SetBootEnv(ctx, "", e.srv.CACertPEM(), stateDir, "local"); err != nil || resp.Served != "local" {
+		t.Fatalf("agent.SetBootEnv: %+v %v", resp, err)
 	}
 
 	c, err := tftp.NewClient(e.srv.TFTPAddr())

@@ -55,6 +55,7 @@ func (s *Server) routes(ctx context.Context) http.Handler {
 	mux.HandleFunc("POST /api/v1/agent/register", s.handleRegister)
 	mux.HandleFunc("POST /api/v1/agent/heartbeat", s.agentOnly(s.handleHeartbeat))
 	mux.HandleFunc("GET /api/v1/agent/machine", s.agentOnly(s.handleAgentMachine))
+	mux.HandleFunc("POST /api/v1/agent/boot-env", s.agentOnly(s.handleAgentBootEnv))
 	mux.HandleFunc("POST /api/v1/agent/jobs/next", s.agentOnly(s.handleNextJob))
 	mux.HandleFunc("POST /api/v1/agent/jobs/{name}/log", s.agentOnly(s.handleJobAppendLog))
 	mux.HandleFunc("POST /api/v1/agent/jobs/{name}/complete", s.agentOnly(s.handleJobComplete))

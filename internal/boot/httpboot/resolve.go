@@ -53,27 +53,8 @@ func (s *Server) resolve(ctx context.Context, rawMAC string) (*target, *api.Erro
 		return nil, bootErr(http.StatusBadRequest, "bad_request", "%v", err)
 	}
 	t := &target{mac: mac}
-	name, err := s.index.Lookup(ctx, mac)
-	if err != nil {
+	if t.machine, t.known, err = s.machineFor(ctx, mac); err != nil {
 		return nil, internal(err)
-	}
-	if name != "" {
-		rec, err := s.st.Get(ctx, api.KindMachine, name)
-		switch {
-		case err == nil:
-			var m api.Machine
-			if err := model.Decode(rec, &m); err != nil {
-				return nil, internal(err)
-			}
-			t.machine, t.known = &m, true
-		case !errors.Is(err, store.ErrNotFound):
-			return nil, internal(err)
-		}
-	}
-	if !t.known {
-		// An unknown machine gets discovery, rendered with the global
-		// profile (which holds the join token the discovery agent uses).
-		t.machine = &api.Machine{Meta: api.Meta{Kind: api.KindMachine}}
 	}
 	envName := t.machine.BootEnvName()
 	rec, err := s.st.Get(ctx, api.KindBootEnv, envName)
@@ -109,6 +90,31 @@ func (s *Server) resolve(ctx context.Context, rawMAC string) (*target, *api.Erro
 		return nil, e
 	}
 	return t, nil
+}
+
+// machineFor finds the machine that has mac, as of the store's revision
+// at the time of the call. An unknown MAC gets a machine with no name and
+// no bootEnv (discovery), rendered with the global profile, which holds
+// the join token the discovery agent uses.
+func (s *Server) machineFor(ctx context.Context, mac string) (*api.Machine, bool, error) {
+	name, err := s.index.Lookup(ctx, mac)
+	if err != nil {
+		return nil, false, err
+	}
+	if name != "" {
+		rec, err := s.st.Get(ctx, api.KindMachine, name)
+		switch {
+		case err == nil:
+			var m api.Machine
+			if err := model.Decode(rec, &m); err != nil {
+				return nil, false, err
+			}
+			return &m, true, nil
+		case !errors.Is(err, store.ErrNotFound):
+			return nil, false, err
+		}
+	}
+	return &api.Machine{Meta: api.Meta{Kind: api.KindMachine}}, false, nil
 }
 
 func internal(err error) *api.Error {

@@ -263,3 +263,14 @@ func writeError(w http.ResponseWriter, e *api.Error) {
 	w.WriteHeader(e.Status)
 	_ = json.NewEncoder(w).Encode(e)
 }
+
+// ServedEnv is the boot environment a request from mac gets now: after
+// a write, it checks that the boot server serves the change (the MAC index
+// waits for the store's revision, as requests do).
+func (s *Server) ServedEnv(ctx context.Context, mac string) (string, error) {
+	m, _, err := s.machineFor(ctx, mac)
+	if err != nil {
+		return "", err
+	}
+	return m.BootEnvName(), nil
+}
