@@ -285,6 +285,8 @@ func (s *Server) readBatches(ctx context.Context, l *link, br batchReader) {
 	for i := range msgs {
 		msgs[i].Buffers = [][]byte{make([]byte, 1500)}
 	}
+	bw, _ := l.conn.(batchWriter)
+	var replies []ipv4.Message
 	for {
 		n, err := br.ReadBatch(msgs, 0)
 		if err != nil {
@@ -294,13 +296,37 @@ func (s *Server) readBatches(ctx context.Context, l *link, br batchReader) {
 			s.log.Warn("dhcp read", "interface", l.name, "err", err)
 			continue
 		}
+		// Replies that need no lease write (OFFERs, NAKs) go out together
+		// once the batch is handled.
+		replies = replies[:0]
 		for _, m := range msgs[:n] {
 			var peer netip.AddrPort
 			if ua, ok := m.Addr.(*net.UDPAddr); ok {
 				peer = ua.AddrPort()
 			}
-			s.handlePacket(l, m.Buffers[0][:m.N], peer)
+			b, to := s.process(l, m.Buffers[0][:m.N], peer)
+			if b == nil {
+				continue
+			}
+			if bw == nil {
+				s.send(l, b, to)
+				continue
+			}
+			replies = append(replies, ipv4.Message{Buffers: [][]byte{b}, Addr: net.UDPAddrFromAddrPort(to)})
 		}
+		s.writeAll(l, bw, replies)
+	}
+}
+
+// writeAll sends msgs with as few system calls as the socket allows.
+func (s *Server) writeAll(l *link, bw batchWriter, msgs []ipv4.Message) {
+	for len(msgs) > 0 {
+		n, err := bw.WriteBatch(msgs, 0)
+		if err != nil {
+			s.log.Debug("dhcp send", "interface", l.name, "err", err)
+			n = max(n, 1)
+		}
+		msgs = msgs[n:]
 	}
 }
 
@@ -457,14 +483,7 @@ func (s *Server) sendBatch(batch []*commit) {
 				msgs = append(msgs, ipv4.Message{Buffers: [][]byte{b}, Addr: net.UDPAddrFromAddrPort(batch[j].to)})
 			}
 		}
-		for len(msgs) > 0 {
-			n, err := bw.WriteBatch(msgs, 0)
-			if err != nil {
-				s.log.Debug("dhcp send", "interface", c.link.name, "err", err)
-				n = max(n, 1)
-			}
-			msgs = msgs[n:]
-		}
+		s.writeAll(c.link, bw, msgs)
 		i = j
 	}
 }

@@ -29,28 +29,35 @@ type outcome struct {
 // handlePacket answers one packet received on l. Anything that does not
 // parse as a DHCP request from an Ethernet client is dropped unanswered.
 func (s *Server) handlePacket(l *link, data []byte, peer netip.AddrPort) {
+	if b, to := s.process(l, data, peer); b != nil {
+		s.send(l, b, to)
+	}
+}
+
+// process handles one packet: it returns a reply to send now, or queues
+// a lease write whose reply is sent once the lease is stored.
+func (s *Server) process(l *link, data []byte, peer netip.AddrPort) ([]byte, netip.AddrPort) {
 	s.Stats.Received.Add(1)
 	req, err := dhcpv4.FromBytes(data)
 	if err != nil {
 		s.Stats.Malformed.Add(1)
-		return
+		return nil, netip.AddrPort{}
 	}
 	if req.OpCode != dhcpv4.OpcodeBootRequest || req.HWType != iana.HWTypeEthernet || len(req.ClientHWAddr) != 6 || req.HopCount > 16 {
 		s.Stats.Malformed.Add(1)
-		return
+		return nil, netip.AddrPort{}
 	}
 	out := s.handle(l, req, peer)
 	if out == nil || out.reply == nil && out.commit == nil {
 		s.Stats.Ignored.Add(1)
-		return
+		return nil, netip.AddrPort{}
 	}
 	var b []byte
 	if out.reply != nil {
 		b = out.reply.ToBytes()
 	}
 	if out.commit == nil {
-		s.send(l, b, out.to)
-		return
+		return b, out.to
 	}
 	lbls, data, err := encodeLease(out.commit)
 	if err != nil {
@@ -58,9 +65,10 @@ func (s *Server) handlePacket(l *link, data []byte, peer netip.AddrPort) {
 		out.commit.pending--
 		s.mu.Unlock()
 		s.log.Error("dhcp: encode lease", "err", err)
-		return
+		return nil, netip.AddrPort{}
 	}
 	s.commits <- &commit{l: out.commit, op: data, lbls: lbls, reply: b, link: l, to: out.to}
+	return nil, netip.AddrPort{}
 }
 
 // handle decides the answer to a parsed request. A lease it returns has
