@@ -324,7 +324,7 @@ func printTable(w io.Writer, kind string, items []json.RawMessage, wide bool) er
 	case api.KindMachine:
 		fmt.Fprint(tw, "NAME\tSTATE\tREACHABLE\tLAST SEEN\tRUN\tDRIFT\tCPUS\tMEMORY\tPROFILES\tLABELS")
 		if wide {
-			fmt.Fprint(tw, "\tMAC\tLAST RUN\tMESSAGE")
+			fmt.Fprint(tw, "\tMAC\tBOOT ENV\tLAST RUN\tMESSAGE")
 		}
 		fmt.Fprintln(tw)
 	case api.KindJob:
@@ -349,6 +349,8 @@ func printTable(w io.Writer, kind string, items []json.RawMessage, wide bool) er
 		fmt.Fprintln(tw, "TIME\tUSER\tACTION\tTARGET\tDETAIL")
 	case api.KindTemplate:
 		fmt.Fprintln(tw, "NAME\tLABELS\tREVISION\tSOURCE")
+	case api.KindBootEnv:
+		fmt.Fprintln(tw, "NAME\tKERNEL\tFILES\tREQUIRES\tSOURCE")
 	default:
 		fmt.Fprintln(tw, "NAME\tLABELS\tREVISION")
 	}
@@ -376,7 +378,7 @@ func printTable(w io.Writer, kind string, items []json.RawMessage, wide bool) er
 			profiles := dash(strings.Join(o.Profiles, ","))
 			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s", o.Name, dash(o.Status.State), reach, age(o.Status.LastSeen), dash(o.Status.Run), driftColumn(&o.Status), cpus, mem, profiles, labelString(o.Labels))
 			if wide {
-				fmt.Fprintf(tw, "\t%s\t%s\t%s", mac, dash(strings.TrimSpace(o.Status.LastRun+" "+o.Status.LastRunResult)), dash(o.Status.Message))
+				fmt.Fprintf(tw, "\t%s\t%s\t%s\t%s", mac, o.BootEnvName(), dash(strings.TrimSpace(o.Status.LastRun+" "+o.Status.LastRunResult)), dash(o.Status.Message))
 			}
 			fmt.Fprintln(tw)
 		case *api.Job:
@@ -412,6 +414,16 @@ func printTable(w io.Writer, kind string, items []json.RawMessage, wide bool) er
 				def = string(o.Default)
 			}
 			fmt.Fprintf(tw, "%s\t%s\t%v\t%s\t%s\n", o.Name, dash(o.Type), o.Secure, def, sourceString(o.Source))
+		case *api.BootEnv:
+			kernel := o.Kernel
+			if kernel == "" {
+				kernel = "(iPXE script)"
+			}
+			var files []string
+			for _, t := range o.Templates {
+				files = append(files, t.Path)
+			}
+			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\n", o.Name, kernel, dash(strings.Join(files, ",")), dash(strings.Join(o.RequiredParams, ",")), sourceString(o.Source))
 		case *api.User:
 			fmt.Fprintf(tw, "%s\t%s\t%v\n", o.Name, o.Role, o.Disabled)
 		case *api.Token:
