@@ -42,8 +42,9 @@ const (
 // one the built-in discovery boot environment renders for the VM's MAC
 // (what iPXE would boot it with). The image's agent registers the VM,
 // which shows up discovered with its CPUs, memory and MAC, and a one-task
-// commission runs on it. A second VM, given a hand-written command line
-// with a wrong CA fingerprint, must refuse the CA and never register.
+// commission runs on it; a task reboots it and it registers again as the
+// same machine. A second VM, given a hand-written command line with a
+// wrong CA fingerprint, must refuse the CA and never register.
 func TestDiscoveryImageBootsRegistersAndRunsATask(t *testing.T) {
 	if os.Geteuid() != 0 {
 		t.Skip("needs root: network namespaces, a bridge and taps")
@@ -80,6 +81,7 @@ func TestDiscoveryImageBootsRegistersAndRunsATask(t *testing.T) {
 	srv := startCommand(t, dir, "server", []string{"DROVER_ADMIN_PASSWORD=" + s.password}, "ip",
 		"netns", "exec", ns, droverBin, "server", "--data-dir", filepath.Join(dir, "server"),
 		"--listen", s.addr, "--dhcp-interface", "br0", "--boot-address", discServer,
+		"--heartbeat-interval", "5s", "--reachable-timeout", "15s",
 		"--boot-listen", discServer+":8080", "--boot-files-dir", filepath.Dir(filepath.Dir(kernel)))
 	eventually(t, 30*time.Second, "server up", func() (bool, string) {
 		select {
@@ -120,6 +122,11 @@ func TestDiscoveryImageBootsRegistersAndRunsATask(t *testing.T) {
 		&api.Task{Meta: api.Meta{Kind: api.KindTask, Name: "hello"},
 			Script: "echo \"hello from $(hostname): $(nproc) CPUs, kernel $(uname -r), machine {{ .Machine.Name }}\"\n"},
 		&api.Workflow{Meta: api.Meta{Kind: api.KindWorkflow, Name: "say-hello"}, Tasks: []string{"hello"}},
+		// In the background with its output elsewhere, so the job ends and
+		// reports before the machine goes down.
+		&api.Task{Meta: api.Meta{Kind: api.KindTask, Name: "reboot-soon"},
+			Script: "(sleep 2; reboot) </dev/null >/dev/null 2>&1 &\necho rebooting in 2 s\n"},
+		&api.Workflow{Meta: api.Meta{Kind: api.KindWorkflow, Name: "reboot-soon"}, Tasks: []string{"reboot-soon"}},
 	); err != nil {
 		t.Fatalf("apply: %v", err)
 	}
@@ -181,32 +188,59 @@ func TestDiscoveryImageBootsRegistersAndRunsATask(t *testing.T) {
 	}
 	t.Logf("%s: %s, %d CPUs, %d MiB, MAC %s, OS %q", m.Name, m.Status.State, hw.CPUs, hw.MemoryBytes>>20, hw.PrimaryMAC, m.Status.Inventory.OS)
 
-	if _, err := s.client.Action(ctx, "commission", discMachine, "say-hello"); err != nil {
-		t.Fatalf("commission: %v", err)
-	}
-	var job api.Job
-	eventually(t, discJobLimit, "the hello job finished", func() (bool, string) {
-		for _, j := range s.jobs("") {
-			if j.Machine == discMachine && j.Task == "hello" {
-				job = j
-				return j.Finished(), j.State
-			}
+	// commission runs a one-task workflow on the machine and returns the
+	// job's output once it succeeded and the machine is ready.
+	commission := func(workflow, task string) string {
+		t.Helper()
+		if _, err := s.client.Action(ctx, "commission", discMachine, workflow); err != nil {
+			t.Fatalf("commission: %v", err)
 		}
-		return false, "no job yet; " + lastConsoleLine(vm.log)
-	})
-	var out strings.Builder
-	if _, err := s.client.JobLog(ctx, job.Name, 0, false, &out); err != nil {
-		t.Fatal(err)
+		var job api.Job
+		eventually(t, discJobLimit, "the "+task+" job finished", func() (bool, string) {
+			for _, j := range s.jobs("") {
+				if j.Machine == discMachine && j.Task == task {
+					job = j
+					return j.Finished(), j.State
+				}
+			}
+			return false, "no job yet; " + lastConsoleLine(vm.log)
+		})
+		var out strings.Builder
+		if _, err := s.client.JobLog(ctx, job.Name, 0, false, &out); err != nil {
+			t.Fatal(err)
+		}
+		if job.State != api.JobSucceeded {
+			t.Fatalf("job %s: %s (%s), output %q", job.Name, job.State, job.Message, out.String())
+		}
+		t.Logf("job %s succeeded: %s", job.Name, strings.TrimSpace(out.String()))
+		eventually(t, 30*time.Second, discMachine+" ready", func() (bool, string) {
+			err := s.client.Get(ctx, "machines", discMachine, &m)
+			return err == nil && m.Status.State == api.StateReady, m.Status.State
+		})
+		return out.String()
 	}
-	want := fmt.Sprintf("hello from %s: 2 CPUs", discMachine)
-	if job.State != api.JobSucceeded || !strings.Contains(out.String(), want) {
-		t.Fatalf("job %s: %s (%s), output %q; want success and %q", job.Name, job.State, job.Message, out.String(), want)
+	if out, want := commission("say-hello", "hello"), fmt.Sprintf("hello from %s: 2 CPUs", discMachine); !strings.Contains(out, want) {
+		t.Errorf("hello job output %q lacks %q", out, want)
 	}
-	t.Logf("job %s succeeded: %s", job.Name, strings.TrimSpace(out.String()))
-	eventually(t, 30*time.Second, discMachine+" ready", func() (bool, string) {
+
+	// A task reboots the machine; the image boots again, and its new agent
+	// (the state was on tmpfs) is adopted as the same machine once the old
+	// one is unreachable.
+	registered := *m.Status.RegisteredAt
+	commission("reboot-soon", "reboot-soon")
+	eventually(t, discBootLimit, discMachine+" registered again after its reboot", func() (bool, string) {
 		err := s.client.Get(ctx, "machines", discMachine, &m)
-		return err == nil && m.Status.State == api.StateReady, m.Status.State
+		st := m.Status
+		return err == nil && st.RegisteredAt != nil && st.RegisteredAt.After(registered) && st.Reachable,
+			fmt.Sprintf("reachable %v; %s", st.Reachable, lastConsoleLine(vm.log))
 	})
+	if b, _ := os.ReadFile(vm.log); !strings.Contains(string(b), "drover-discovery: rebooting") {
+		t.Errorf("the console does not show /init rebooting")
+	}
+	if m.Status.State != api.StateReady {
+		t.Errorf("%s is %s after its reboot, want ready", discMachine, m.Status.State)
+	}
+	t.Logf("%s rebooted and registered again, %s after its first registration", discMachine, m.Status.RegisteredAt.Sub(registered).Round(time.Second))
 
 	eventually(t, discBootLimit, "the VM with a wrong fingerprint refuses the CA", func() (bool, string) {
 		b, _ := os.ReadFile(bad.log)
@@ -300,7 +334,7 @@ func bootVM(t *testing.T, dir, ns, qemu, kernel, initrd, tap, mac, cmdline strin
 	t.Helper()
 	name := "vm-" + strings.ReplaceAll(mac, ":", "")
 	vm := startCommand(t, dir, name, nil, "ip", "netns", "exec", ns, qemu,
-		"-machine", "pc", "-accel", "tcg", "-m", "1024", "-smp", "2", "-nographic", "-no-reboot",
+		"-machine", "pc", "-accel", "tcg", "-m", "1024", "-smp", "2", "-nographic",
 		"-kernel", kernel, "-initrd", initrd, "-append", cmdline,
 		"-netdev", "tap,id=net0,ifname="+tap+",script=no,downscript=no",
 		"-device", "virtio-net-pci,netdev=net0,mac="+mac,
