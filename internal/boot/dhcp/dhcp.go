@@ -494,7 +494,43 @@ func (s *Server) send(l *link, b []byte, to netip.AddrPort) {
 	}
 }
 
-// encodeLease is the store form of a lease.
+// encodeLease is the store form of a lease: what model.Encode makes of
+// l.object(), written directly (it is done for every ACK).
 func encodeLease(l *lease) (map[string]string, []byte, error) {
-	return model.Encode(l.object())
+	o := l.object()
+	if !jsonSafe(o.Subnet) || !jsonSafe(o.Hostname) || !jsonSafe(o.MAC) {
+		return model.Encode(o)
+	}
+	b := make([]byte, 0, 256)
+	b = append(b, `{"kind":"Lease","name":"`...)
+	b = append(b, o.Name...)
+	b = append(b, `","labels":{"subnet":"`...)
+	b = append(b, o.Subnet...)
+	b = append(b, `"},"mac":"`...)
+	b = append(b, o.MAC...)
+	b = append(b, `","ip":"`...)
+	b = append(b, o.IP...)
+	b = append(b, `","subnet":"`...)
+	b = append(b, o.Subnet...)
+	if o.Hostname != "" {
+		b = append(b, `","hostname":"`...)
+		b = append(b, o.Hostname...)
+	}
+	b = append(b, `","expiresAt":"`...)
+	b = o.ExpiresAt.AppendFormat(b, time.RFC3339Nano)
+	b = append(b, `","state":"`...)
+	b = append(b, o.State...)
+	b = append(b, `"}`...)
+	return o.Labels, b, nil
+}
+
+// jsonSafe reports whether s needs no escaping in a JSON string.
+func jsonSafe(s string) bool {
+	for i := 0; i < len(s); i++ {
+		c := s[i]
+		if c < 0x20 || c >= 0x7f || c == '"' || c == '\\' || c == '<' || c == '>' || c == '&' {
+			return false
+		}
+	}
+	return true
 }

@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/drover-project/drover/api"
+	"github.com/drover-project/drover/internal/model"
 	"github.com/insomniacslk/dhcp/dhcpv4"
 	"github.com/insomniacslk/dhcp/iana"
 )
@@ -286,5 +287,20 @@ func TestInform(t *testing.T) {
 	}
 	if to.String() != "10.0.0.7:68" {
 		t.Errorf("inform answered to %s", to)
+	}
+}
+
+// The hand-written lease encoding is what model.Encode makes.
+func TestEncodeLeaseMatchesModel(t *testing.T) {
+	for _, l := range []*lease{
+		{ip: netip.MustParseAddr("10.0.0.5"), mac: "52:54:00:00:00:01", subnet: "lab", hostname: "n1", state: api.LeaseBound, expires: time.Date(2030, 1, 2, 3, 4, 5, 600, time.UTC)},
+		{ip: netip.MustParseAddr("10.0.0.6"), mac: "52:54:00:00:00:02", subnet: "lab.x_y", state: api.LeaseReleased, expires: time.Date(2030, 1, 2, 3, 4, 5, 0, time.Local)},
+		{ip: netip.MustParseAddr("10.0.0.7"), mac: "52:54:00:00:00:03", subnet: "a<b", state: api.LeaseDeclined},
+	} {
+		lbls, got, err := encodeLease(l)
+		wantLbls, want, _ := model.Encode(l.object())
+		if err != nil || string(got) != string(want) || lbls["subnet"] != wantLbls["subnet"] {
+			t.Errorf("encodeLease:\n got %s %v\nwant %s %v", got, lbls, want, wantLbls)
+		}
 	}
 }

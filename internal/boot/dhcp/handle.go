@@ -499,7 +499,7 @@ func newReply(req *dhcpv4.DHCPv4, mt dhcpv4.MessageType, serverID netip.Addr) *d
 		ClientIPAddr:  req.ClientIPAddr,
 		GatewayIPAddr: req.GatewayIPAddr,
 		ClientHWAddr:  req.ClientHWAddr,
-		Options:       dhcpv4.Options{},
+		Options:       make(dhcpv4.Options, 16),
 	}
 	r.Options[uint8(dhcpv4.OptionDHCPMessageType)] = []byte{byte(mt)}
 	r.Options[uint8(dhcpv4.OptionServerIdentifier)] = serverID.AsSlice()

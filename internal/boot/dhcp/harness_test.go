@@ -37,7 +37,7 @@ type fakeConn struct {
 }
 
 func newFakeConn() *fakeConn {
-	return &fakeConn{closed: make(chan struct{}), out: make(chan sent, 1024)}
+	return &fakeConn{closed: make(chan struct{}), out: make(chan sent, 1<<17)}
 }
 
 func (f *fakeConn) ReadFromUDPAddrPort([]byte) (int, netip.AddrPort, error) {
