@@ -57,68 +57,10 @@ func TestDiscoveryImageBootsRegistersAndRunsATask(t *testing.T) {
 	dir := t.TempDir()
 	ns := discoveryNetwork(t)
 	ctx := context.Background()
-	httpIn := &http.Transport{}
-	dialIn(ns, httpIn)
-	get := func(url string) string {
-		t.Helper()
-		resp, err := (&http.Client{Transport: httpIn, Timeout: 30 * time.Second}).Get(url)
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer resp.Body.Close()
-		b, err := io.ReadAll(resp.Body)
-		if err != nil || resp.StatusCode != http.StatusOK {
-			t.Fatalf("GET %s: %s %v\n%s", url, resp.Status, err, b)
-		}
-		return string(b)
-	}
-
-	// The server: API, DHCP on the bridge, the HTTP boot server.
-	s := &site{t: t, dir: dir, addr: discServer + ":8443", password: "e2e-admin-password"}
-	s.endpoint = "https://" + s.addr
-	s.caFile = filepath.Join(dir, "server", "tls", "ca.crt")
+	get := bootGetter(t, ns)
+	s, joinToken := startBootServer(t, dir, ns, "--boot-files-dir", filepath.Dir(filepath.Dir(kernel)))
 	bootURL := "http://" + discServer + ":8080"
-	srv := startCommand(t, dir, "server", []string{"DROVER_ADMIN_PASSWORD=" + s.password}, "ip",
-		"netns", "exec", ns, droverBin, "server", "--data-dir", filepath.Join(dir, "server"),
-		"--listen", s.addr, "--dhcp-interface", "br0", "--boot-address", discServer,
-		"--heartbeat-interval", "5s", "--reachable-timeout", "15s",
-		"--boot-listen", discServer+":8080", "--boot-files-dir", filepath.Dir(filepath.Dir(kernel)))
-	eventually(t, 30*time.Second, "server up", func() (bool, string) {
-		select {
-		case <-srv.done:
-			t.Fatalf("server exited: %v", srv.err)
-		default:
-		}
-		if _, err := os.Stat(s.caFile); err != nil {
-			return false, err.Error()
-		}
-		c, err := api.NewClientFromFile(s.endpoint, s.caFile, "")
-		if err != nil {
-			return false, err.Error()
-		}
-		dialIn(ns, c.HTTP.Transport.(*http.Transport))
-		var h map[string]string
-		err = c.Do(ctx, "GET", "/healthz", nil, &h)
-		if err == nil {
-			s.client = c
-		}
-		return err == nil, fmt.Sprint(err)
-	})
-	login, err := s.client.Login(ctx, "admin", s.password, "")
-	if err != nil {
-		t.Fatal(err)
-	}
-	s.client.Token = login.Token
-	jt, err := s.client.CreateJoinToken(ctx, "1h", nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	token, _ := json.Marshal(jt.Token)
 	if _, err := s.client.ApplyObjects(ctx,
-		&api.Subnet{Meta: api.Meta{Kind: api.KindSubnet, Name: "discovery-lab"}, CIDR: discNet,
-			Range: &api.IPRange{Start: "192.0.2.100", End: "192.0.2.199"}, Router: discServer, DNS: []string{discServer}},
-		&api.Profile{Meta: api.Meta{Kind: api.KindProfile, Name: api.GlobalProfile},
-			Params: map[string]json.RawMessage{"agent/join-token": token}},
 		&api.Task{Meta: api.Meta{Kind: api.KindTask, Name: "hello"},
 			Script: "echo \"hello from $(hostname): $(nproc) CPUs, kernel $(uname -r), machine {{ .Machine.Name }}\"\n"},
 		&api.Workflow{Meta: api.Meta{Kind: api.KindWorkflow, Name: "say-hello"}, Tasks: []string{"hello"}},
@@ -158,7 +100,7 @@ func TestDiscoveryImageBootsRegistersAndRunsATask(t *testing.T) {
 	if served := get(bootURL + "/files/discovery/initrd.img"); !sameFile(t, initrd, served) {
 		t.Errorf("the boot server serves another initrd.img than %s", initrd)
 	}
-	t.Logf("discovery kernel params: %s", strings.ReplaceAll(strings.Join(cmdline, " "), jt.Token, "<join token>"))
+	t.Logf("discovery kernel params: %s", strings.ReplaceAll(strings.Join(cmdline, " "), joinToken, "<join token>"))
 
 	started := time.Now()
 	vm := bootVM(t, dir, ns, qemu, kernel, initrd, "tap0", discMAC, strings.Join(cmdline, " "))
@@ -177,47 +119,14 @@ func TestDiscoveryImageBootsRegistersAndRunsATask(t *testing.T) {
 	// The second VM, with a wrong fingerprint, boots while the first works.
 	badSum := sha256.Sum256([]byte("not the CA"))
 	bad := bootVM(t, dir, ns, qemu, kernel, initrd, "tap1", discBadMAC, strings.Join([]string{"console=ttyS0",
-		"drover.endpoint=" + s.endpoint, "drover.join_token=" + jt.Token,
+		"drover.endpoint=" + s.endpoint, "drover.join_token=" + joinToken,
 		"drover.ca_url=" + bootURL + "/ca.pem", "drover.ca_sha256=" + hex.EncodeToString(badSum[:])}, " "))
 
-	hw := m.Status.Hardware
-	if m.Status.State != api.StateDiscovered || hw == nil || hw.CPUs != 2 || hw.PrimaryMAC != discMAC ||
-		hw.MemoryBytes < 900<<20 || hw.MemoryBytes > 1100<<20 {
-		b, _ := json.MarshalIndent(m.Status, "", "  ")
-		t.Fatalf("machine %s: want discovered, 2 CPUs, about 1 GiB, MAC %s; got\n%s", m.Name, discMAC, b)
-	}
-	t.Logf("%s: %s, %d CPUs, %d MiB, MAC %s, OS %q", m.Name, m.Status.State, hw.CPUs, hw.MemoryBytes>>20, hw.PrimaryMAC, m.Status.Inventory.OS)
+	checkDiscovered(t, m, discMAC)
 
-	// commission runs a one-task workflow on the machine and returns the
-	// job's output once it succeeded and the machine is ready.
 	commission := func(workflow, task string) string {
 		t.Helper()
-		if _, err := s.client.Action(ctx, "commission", discMachine, workflow); err != nil {
-			t.Fatalf("commission: %v", err)
-		}
-		var job api.Job
-		eventually(t, discJobLimit, "the "+task+" job finished", func() (bool, string) {
-			for _, j := range s.jobs("") {
-				if j.Machine == discMachine && j.Task == task {
-					job = j
-					return j.Finished(), j.State
-				}
-			}
-			return false, "no job yet; " + lastConsoleLine(vm.log)
-		})
-		var out strings.Builder
-		if _, err := s.client.JobLog(ctx, job.Name, 0, false, &out); err != nil {
-			t.Fatal(err)
-		}
-		if job.State != api.JobSucceeded {
-			t.Fatalf("job %s: %s (%s), output %q", job.Name, job.State, job.Message, out.String())
-		}
-		t.Logf("job %s succeeded: %s", job.Name, strings.TrimSpace(out.String()))
-		eventually(t, 30*time.Second, discMachine+" ready", func() (bool, string) {
-			err := s.client.Get(ctx, "machines", discMachine, &m)
-			return err == nil && m.Status.State == api.StateReady, m.Status.State
-		})
-		return out.String()
+		return commissionOn(t, s, discMachine, workflow, task, vm.log)
 	}
 	if out, want := commission("say-hello", "hello"), fmt.Sprintf("hello from %s: 2 CPUs", discMachine); !strings.Contains(out, want) {
 		t.Errorf("hello job output %q lacks %q", out, want)
@@ -251,6 +160,135 @@ func TestDiscoveryImageBootsRegistersAndRunsATask(t *testing.T) {
 			t.Errorf("machine %s registered from the VM that was given a wrong CA fingerprint", m.Name)
 		}
 	}
+}
+
+// bootGetter returns a GET from inside the namespace that fails the test
+// on anything but 200 and returns the body.
+func bootGetter(t *testing.T, ns string) func(url string) string {
+	httpIn := &http.Transport{}
+	dialIn(ns, httpIn)
+	return func(url string) string {
+		t.Helper()
+		resp, err := (&http.Client{Transport: httpIn, Timeout: 30 * time.Second}).Get(url)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer resp.Body.Close()
+		b, err := io.ReadAll(resp.Body)
+		if err != nil || resp.StatusCode != http.StatusOK {
+			t.Fatalf("GET %s: %s %v\n%s", url, resp.Status, err, b)
+		}
+		return string(b)
+	}
+}
+
+// startBootServer starts drover's server in the namespace of
+// discoveryNetwork: the API on discServer:8443, DHCP on br0, the HTTP boot
+// server on discServer:8080, with extra flags (where the boot files are).
+// It logs in as admin, applies the lab's subnet and puts a join token in
+// the global profile for the discovery environment, and returns the
+// token.
+func startBootServer(t *testing.T, dir, ns string, extra ...string) (*site, string) {
+	t.Helper()
+	ctx := context.Background()
+	s := &site{t: t, dir: dir, addr: discServer + ":8443", password: "e2e-admin-password"}
+	s.endpoint = "https://" + s.addr
+	s.caFile = filepath.Join(dir, "server", "tls", "ca.crt")
+	args := append([]string{"netns", "exec", ns, droverBin, "server", "--data-dir", filepath.Join(dir, "server"),
+		"--listen", s.addr, "--dhcp-interface", "br0", "--boot-address", discServer,
+		"--heartbeat-interval", "5s", "--reachable-timeout", "15s",
+		"--boot-listen", discServer + ":8080"}, extra...)
+	srv := startCommand(t, dir, "server", []string{"DROVER_ADMIN_PASSWORD=" + s.password}, "ip", args...)
+	s.srv = srv
+	eventually(t, 30*time.Second, "server up", func() (bool, string) {
+		select {
+		case <-srv.done:
+			t.Fatalf("server exited: %v", srv.err)
+		default:
+		}
+		if _, err := os.Stat(s.caFile); err != nil {
+			return false, err.Error()
+		}
+		c, err := api.NewClientFromFile(s.endpoint, s.caFile, "")
+		if err != nil {
+			return false, err.Error()
+		}
+		dialIn(ns, c.HTTP.Transport.(*http.Transport))
+		var h map[string]string
+		err = c.Do(ctx, "GET", "/healthz", nil, &h)
+		if err == nil {
+			s.client = c
+		}
+		return err == nil, fmt.Sprint(err)
+	})
+	login, err := s.client.Login(ctx, "admin", s.password, "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	s.client.Token = login.Token
+	jt, err := s.client.CreateJoinToken(ctx, "1h", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	token, _ := json.Marshal(jt.Token)
+	if _, err := s.client.ApplyObjects(ctx,
+		&api.Subnet{Meta: api.Meta{Kind: api.KindSubnet, Name: "discovery-lab"}, CIDR: discNet,
+			Range: &api.IPRange{Start: "192.0.2.100", End: "192.0.2.199"}, Router: discServer, DNS: []string{discServer}},
+		&api.Profile{Meta: api.Meta{Kind: api.KindProfile, Name: api.GlobalProfile},
+			Params: map[string]json.RawMessage{"agent/join-token": token}},
+	); err != nil {
+		t.Fatalf("apply: %v", err)
+	}
+	s.joinTok = jt.Token
+	return s, jt.Token
+}
+
+// checkDiscovered fails the test unless the machine is discovered with
+// the VM's hardware: 2 CPUs, about 1 GiB, the MAC.
+func checkDiscovered(t *testing.T, m api.Machine, mac string) {
+	t.Helper()
+	hw := m.Status.Hardware
+	if m.Status.State != api.StateDiscovered || hw == nil || hw.CPUs != 2 || hw.PrimaryMAC != mac ||
+		hw.MemoryBytes < 900<<20 || hw.MemoryBytes > 1100<<20 {
+		b, _ := json.MarshalIndent(m.Status, "", "  ")
+		t.Fatalf("machine %s: want discovered, 2 CPUs, about 1 GiB, MAC %s; got\n%s", m.Name, mac, b)
+	}
+	t.Logf("%s: %s, %d CPUs, %d MiB, MAC %s, OS %q", m.Name, m.Status.State, hw.CPUs, hw.MemoryBytes>>20, hw.PrimaryMAC, m.Status.Inventory.OS)
+}
+
+// commissionOn runs a one-task workflow on the machine and returns the
+// job's output once it succeeded and the machine is ready; console is the
+// VM's serial log, shown while waiting.
+func commissionOn(t *testing.T, s *site, machine, workflow, task, console string) string {
+	t.Helper()
+	ctx := context.Background()
+	if _, err := s.client.Action(ctx, "commission", machine, workflow); err != nil {
+		t.Fatalf("commission: %v", err)
+	}
+	var job api.Job
+	eventually(t, discJobLimit, "the "+task+" job finished", func() (bool, string) {
+		for _, j := range s.jobs("") {
+			if j.Machine == machine && j.Task == task {
+				job = j
+				return j.Finished(), j.State
+			}
+		}
+		return false, "no job yet; " + lastConsoleLine(console)
+	})
+	var out strings.Builder
+	if _, err := s.client.JobLog(ctx, job.Name, 0, false, &out); err != nil {
+		t.Fatal(err)
+	}
+	if job.State != api.JobSucceeded {
+		t.Fatalf("job %s: %s (%s), output %q", job.Name, job.State, job.Message, out.String())
+	}
+	t.Logf("job %s succeeded: %s", job.Name, strings.TrimSpace(out.String()))
+	var m api.Machine
+	eventually(t, 30*time.Second, machine+" ready", func() (bool, string) {
+		err := s.client.Get(ctx, "machines", machine, &m)
+		return err == nil && m.Status.State == api.StateReady, m.Status.State
+	})
+	return out.String()
 }
 
 func sameFile(t *testing.T, path, content string) bool {
@@ -332,15 +370,23 @@ func discoveryNetwork(t *testing.T) string {
 // console is the proc's log. Without KVM: software emulation.
 func bootVM(t *testing.T, dir, ns, qemu, kernel, initrd, tap, mac, cmdline string) *proc {
 	t.Helper()
+	return startVM(t, dir, ns, qemu, tap, mac, "-kernel", kernel, "-initrd", initrd, "-append", cmdline)
+}
+
+// startVM starts QEMU (1 GiB, 2 CPUs, serial console as the proc's log) with
+// a virtio NIC of that MAC on the tap, booting as bootArgs say.
+func startVM(t *testing.T, dir, ns, qemu, tap, mac string, bootArgs ...string) *proc {
+	t.Helper()
 	name := "vm-" + strings.ReplaceAll(mac, ":", "")
-	vm := startCommand(t, dir, name, nil, "ip", "netns", "exec", ns, qemu,
-		"-machine", "pc", "-accel", "tcg", "-m", "1024", "-smp", "2", "-nographic",
-		"-kernel", kernel, "-initrd", initrd, "-append", cmdline,
+	args := append([]string{"netns", "exec", ns, qemu,
+		"-machine", "pc", "-accel", "tcg", "-m", "1024", "-smp", "2", "-nographic"}, bootArgs...)
+	args = append(args,
 		"-netdev", "tap,id=net0,ifname="+tap+",script=no,downscript=no",
 		"-device", "virtio-net-pci,netdev=net0,mac="+mac,
 		// Entropy for the guest: without it Go's crypto/rand waits for
 		// the kernel's RNG to initialize, 10-20 s under emulation.
 		"-device", "virtio-rng-pci")
+	vm := startCommand(t, dir, name, nil, "ip", args...)
 	t.Cleanup(func() {
 		if t.Failed() {
 			// The harness shows the tail of the console; the image's own
