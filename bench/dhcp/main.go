@@ -36,7 +36,7 @@ import (
 
 var (
 	duration = flag.Duration("duration", 10*time.Second, "how long perfdhcp floods each server")
-	rate     = flag.Int("rate", 30000, "DORA exchanges per second perfdhcp tries (above what either server does: the figure is what they keep up with)")
+	rate     = flag.Int("rate", 20000, "DORA exchanges per second perfdhcp tries (above what either server does: the figure is what they keep up with)")
 	clients  = flag.Int("clients", 50000, "distinct client MACs perfdhcp uses (the subnet has 65,024 addresses)")
 	target   = flag.Float64("target", 1.5, "drover/Kea ratio to reach")
 	keep     = flag.Bool("keep", false, "keep the work directory (logs, configs, lease files)")
