@@ -104,16 +104,7 @@ func TestDiscoveryImageBootsRegistersAndRunsATask(t *testing.T) {
 
 	started := time.Now()
 	vm := bootVM(t, dir, ns, qemu, kernel, initrd, "tap0", discMAC, strings.Join(cmdline, " "))
-	var m api.Machine
-	eventually(t, discBootLimit, "the VM registered as "+discMachine, func() (bool, string) {
-		select {
-		case <-vm.done:
-			t.Fatalf("QEMU exited: %v", vm.err)
-		default:
-		}
-		err := s.client.Get(ctx, "machines", discMachine, &m)
-		return err == nil, lastConsoleLine(vm.log)
-	})
+	m := waitRegistered(t, s, vm, discMachine)
 	t.Logf("the VM registered %s after QEMU started (software emulation)", time.Since(started).Round(time.Second))
 
 	// The second VM, with a wrong fingerprint, boots while the first works.
@@ -241,6 +232,23 @@ func startBootServer(t *testing.T, dir, ns string, extra ...string) (*site, stri
 	}
 	s.joinTok = jt.Token
 	return s, jt.Token
+}
+
+// waitRegistered waits until the VM's agent registered it as machine and
+// returns the machine; it fails at once when QEMU exits.
+func waitRegistered(t *testing.T, s *site, vm *proc, machine string) api.Machine {
+	t.Helper()
+	var m api.Machine
+	eventually(t, discBootLimit, "the VM registered as "+machine, func() (bool, string) {
+		select {
+		case <-vm.done:
+			t.Fatalf("QEMU exited: %v", vm.err)
+		default:
+		}
+		err := s.client.Get(context.Background(), "machines", machine, &m)
+		return err == nil, lastConsoleLine(vm.log)
+	})
+	return m
 }
 
 // checkDiscovered fails the test unless the machine is discovered with

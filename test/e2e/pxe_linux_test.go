@@ -5,6 +5,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"strings"
 	"testing"
 	"time"
@@ -54,22 +55,31 @@ func TestPXEBootChain(t *testing.T) {
 		t.Fatalf("apply: %v", err)
 	}
 
-	// bootScripts lists the boot environments the boot server served
-	// scripts of to the VM, in order, from its log.
-	bootScripts := func() []string {
+	// bootScripts lists the boot environments whose scripts the boot
+	// server served to the VM, in order, and when, from its log.
+	type served struct {
+		env string
+		at  time.Time
+	}
+	bootScripts := func() []served {
 		b, _ := os.ReadFile(s.srv.log)
-		var envs []string
+		var scripts []served
 		for _, l := range strings.Split(string(b), "\n") {
 			if !strings.Contains(l, `msg="boot script"`) || !strings.Contains(l, "mac="+pxeMAC) {
 				continue
 			}
+			var sc served
 			for _, f := range strings.Fields(l) {
-				if env, ok := strings.CutPrefix(f, "bootEnv="); ok {
-					envs = append(envs, env)
+				if v, ok := strings.CutPrefix(f, "bootEnv="); ok {
+					sc.env = v
+				}
+				if v, ok := strings.CutPrefix(f, "time="); ok {
+					sc.at, _ = time.Parse(time.RFC3339Nano, v)
 				}
 			}
+			scripts = append(scripts, sc)
 		}
-		return envs
+		return scripts
 	}
 	consoleHas := func(vm *proc, text string) bool {
 		b, _ := os.ReadFile(vm.log)
@@ -78,21 +88,18 @@ func TestPXEBootChain(t *testing.T) {
 
 	started := time.Now()
 	vm := startVM(t, dir, ns, qemu, "tap0", pxeMAC, "-boot", "n")
-	var m api.Machine
-	eventually(t, discBootLimit, "the VM booted from the network and registered as "+pxeMachine, func() (bool, string) {
-		select {
-		case <-vm.done:
-			t.Fatalf("QEMU exited: %v", vm.err)
-		default:
-		}
-		err := s.client.Get(ctx, "machines", pxeMachine, &m)
-		return err == nil, lastConsoleLine(vm.log)
-	})
+	// The firmware's part of the console (SeaBIOS, iPXE: DHCP, the script,
+	// the downloads) stays in the test log, passed or failed.
+	t.Cleanup(func() { t.Logf("--- firmware console of %s ---\n%s", pxeMAC, firmwareConsole(vm.log)) })
+	m := waitRegistered(t, s, vm, pxeMachine)
 	t.Logf("the VM registered %s after QEMU started (software emulation, network boot)", time.Since(started).Round(time.Second))
-	if envs := bootScripts(); len(envs) != 1 || envs[0] != api.BootEnvDiscovery {
-		t.Errorf("boot scripts served to %s: %v, want one discovery script", pxeMAC, envs)
+	if sc := bootScripts(); len(sc) != 1 || sc[0].env != api.BootEnvDiscovery {
+		t.Errorf("boot scripts served to %s: %v, want one discovery script", pxeMAC, sc)
+	} else {
+		t.Logf("iPXE fetched the discovery script %s after QEMU started", sc[0].at.Sub(started).Round(time.Second))
 	}
-	for _, text := range []string{"iPXE", "drover: booting discovery"} {
+	for _, text := range []string{"Filename: http://" + discServer + ":8080/boot/" + pxeMAC + ".ipxe",
+		"drover: booting discovery", "/files/discovery/initrd.img... ok"} {
 		if !consoleHas(vm, text) {
 			t.Errorf("the console does not show %q", text)
 		}
@@ -109,11 +116,43 @@ func TestPXEBootChain(t *testing.T) {
 	if m.BootEnvName() != "local" {
 		t.Fatalf("%s has boot environment %q after the task, want local", pxeMachine, m.BootEnvName())
 	}
+	var local served
 	eventually(t, discBootLimit, "the VM's next network boot got the local script and left iPXE", func() (bool, string) {
-		envs := bootScripts()
-		served := len(envs) == 2 && envs[1] == "local"
+		sc := bootScripts()
+		var envs []string
+		for _, x := range sc {
+			envs = append(envs, x.env)
+		}
+		if len(sc) == 2 && sc[1].env == "local" {
+			local = sc[1]
+		}
 		left := consoleHas(vm, "booting from the local disk") && consoleHas(vm, "No bootable device")
-		return served && left, strings.Join(envs, ",") + "; " + lastConsoleLine(vm.log)
+		return local.env != "" && left, "scripts served: " + strings.Join(envs, ",") + "; " + lastConsoleLine(vm.log)
 	})
+	t.Logf("iPXE fetched the local script %s after the task started", local.at.Sub(rebooted).Round(time.Second))
 	t.Logf("%s rebooted, got the local script and left the network boot %s after the task started", pxeMachine, time.Since(rebooted).Round(time.Second))
+}
+
+// firmwareConsole is what SeaBIOS and iPXE wrote on the VM's serial
+// console, boot after boot, without the Linux kernel's and the image's
+// output and without terminal escapes.
+func firmwareConsole(path string) string {
+	b, _ := os.ReadFile(path)
+	escape := regexp.MustCompile(`\x1b\[[0-9;?]*[a-zA-Z]|\x1bc`)
+	var out []string
+	firmware := true
+	for _, l := range strings.Split(escape.ReplaceAllString(string(b), ""), "\n") {
+		l = strings.TrimRight(l, " \r")
+		switch {
+		case strings.Contains(l, "SeaBIOS"):
+			firmware = true
+		case strings.Contains(l, "Linux version"):
+			firmware = false
+			out = append(out, "[Linux boots]")
+		}
+		if firmware && l != "" {
+			out = append(out, l)
+		}
+	}
+	return strings.Join(out, "\n")
 }
