@@ -2,10 +2,13 @@ package server
 
 import (
 	"fmt"
+	"io"
 	"net/http"
 	"runtime"
 	"sync/atomic"
 	"time"
+
+	"github.com/drover-project/drover/internal/boot/dhcp"
 )
 
 // metrics are exposed in the Prometheus text format at /metrics.
@@ -40,4 +43,28 @@ func (s *Server) handleMetrics(w http.ResponseWriter, r *http.Request, _ *princi
 	p("drover_go_stack_bytes", "Go goroutine stacks.", "gauge", ms.StackInuse)
 	p("drover_go_goroutines", "Goroutines.", "gauge", runtime.NumGoroutine())
 	p("drover_uptime_seconds", "Seconds since start.", "gauge", int64(time.Since(s.started).Seconds()))
+	if s.dhcp != nil {
+		writeDHCPMetrics(w, &s.dhcp.Stats)
+	}
+}
+
+// writeDHCPMetrics writes the DHCP server's counters.
+func writeDHCPMetrics(w io.Writer, st *dhcp.Stats) {
+	c := func(name, help string, v int64) {
+		fmt.Fprintf(w, "# HELP %s %s\n# TYPE %s counter\n%s %d\n", name, help, name, name, v)
+	}
+	c("drover_dhcp_packets_received_total", "DHCP packets received.", st.Received.Load())
+	c("drover_dhcp_packets_malformed_total", "DHCP packets that did not parse (not answered).", st.Malformed.Load())
+	c("drover_dhcp_packets_ignored_total", "DHCP packets not answered (unknown machines with --dhcp-only-known, other servers' requests...).", st.Ignored.Load())
+	fmt.Fprintf(w, "# HELP drover_dhcp_replies_total DHCP replies sent, by type.\n# TYPE drover_dhcp_replies_total counter\n")
+	for _, r := range []struct {
+		typ string
+		v   int64
+	}{{"offer", st.Offers.Load()}, {"ack", st.Acks.Load()}, {"nak", st.Naks.Load()}, {"inform", st.Inform.Load()}} {
+		fmt.Fprintf(w, "drover_dhcp_replies_total{type=%q} %d\n", r.typ, r.v)
+	}
+	c("drover_dhcp_releases_total", "DHCPRELEASEs handled.", st.Releases.Load())
+	c("drover_dhcp_declines_total", "DHCPDECLINEs handled.", st.Declines.Load())
+	c("drover_dhcp_lease_writes_total", "Leases written to the store (each before its ACK).", st.LeaseWrites.Load())
+	c("drover_dhcp_lease_write_errors_total", "Lease batches the store refused (their clients got no ACK).", st.LeaseWriteErrors.Load())
 }
