@@ -275,16 +275,27 @@ func (c *Client) JobLog(ctx context.Context, job string, offset int64, follow bo
 	if follow {
 		path += "&follow=1"
 	}
-	resp, err := c.send(ctx, http.MethodGet, path, nil)
+	body, err := c.Stream(ctx, path)
 	if err != nil {
 		return offset, err
 	}
-	defer resp.Body.Close()
-	if resp.StatusCode >= 300 {
-		return offset, decodeError(resp)
-	}
-	n, err := io.Copy(w, resp.Body)
+	defer body.Close()
+	n, err := io.Copy(w, body)
 	return offset + n, err
+}
+
+// Stream GETs path and returns the body for the caller to read and close;
+// an answer other than 2xx comes back as *Error.
+func (c *Client) Stream(ctx context.Context, path string) (io.ReadCloser, error) {
+	resp, err := c.send(ctx, http.MethodGet, path, nil)
+	if err != nil {
+		return nil, err
+	}
+	if resp.StatusCode >= 300 {
+		defer resp.Body.Close()
+		return nil, decodeError(resp)
+	}
+	return resp.Body, nil
 }
 
 // Event is one change from the event stream.
@@ -319,16 +330,13 @@ func (c *Client) Watch(ctx context.Context, from int64, kinds []string, fn func(
 	if len(q) > 0 {
 		path += "?" + q.Encode()
 	}
-	resp, err := c.send(ctx, http.MethodGet, path, nil)
+	body, err := c.Stream(ctx, path)
 	if err != nil {
 		return from, err
 	}
-	defer resp.Body.Close()
-	if resp.StatusCode >= 300 {
-		return from, decodeError(resp)
-	}
+	defer body.Close()
 	last := from
-	sc := bufio.NewScanner(resp.Body)
+	sc := bufio.NewScanner(body)
 	sc.Buffer(make([]byte, 64<<10), 64<<20)
 	var evType, data string
 	for sc.Scan() {

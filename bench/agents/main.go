@@ -13,7 +13,6 @@ import (
 	"io"
 	"log/slog"
 	"net"
-	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -26,6 +25,7 @@ import (
 	"time"
 
 	"github.com/drover-project/drover/api"
+	"github.com/drover-project/drover/bench/internal/fetch"
 	"github.com/drover-project/drover/internal/agent"
 	"github.com/drover-project/drover/internal/inventory"
 )
@@ -293,7 +293,7 @@ func run(bin string, n, maxJobs int) error {
 	fmt.Printf("  commission started on %d machines in %s\n", started, time.Since(t1).Round(time.Millisecond))
 	if *cpuProfile != "" {
 		go func() {
-			if err := fetchTo(ctx, c, "/debug/pprof/profile?seconds=20", *cpuProfile); err != nil {
+			if err := fetch.ToFile(ctx, c, "/debug/pprof/profile?seconds=20", *cpuProfile); err != nil {
 				fmt.Println("  cpu profile:", err)
 			}
 		}()
@@ -343,14 +343,14 @@ func run(bin string, n, maxJobs int) error {
 		fmt.Printf("  server at the end: %s\n", m)
 	}
 	if *goroutineProfile != "" {
-		if err := fetchTo(ctx, c, "/debug/pprof/goroutine?debug=1", *goroutineProfile); err != nil {
+		if err := fetch.ToFile(ctx, c, "/debug/pprof/goroutine?debug=1", *goroutineProfile); err != nil {
 			fmt.Println("  goroutine profile:", err)
 		} else {
 			fmt.Println("  goroutine profile written to", *goroutineProfile)
 		}
 	}
 	if *heapProfile != "" {
-		if err := fetchTo(ctx, c, "/debug/pprof/heap", *heapProfile); err != nil {
+		if err := fetch.ToFile(ctx, c, "/debug/pprof/heap", *heapProfile); err != nil {
 			fmt.Println("  heap profile:", err)
 		} else {
 			fmt.Println("  heap profile written to", *heapProfile)
@@ -377,8 +377,6 @@ func run(bin string, n, maxJobs int) error {
 	return nil
 }
 
-// getMachines times GET /api/v1/objects/machines in a view to its last
-// byte: the server's latency, without the client's JSON decoding.
 // runSampler times `get machines` in both views until its stdin closes,
 // printing "view nanoseconds bytes" per request.
 func runSampler() error {
@@ -408,65 +406,30 @@ func runSampler() error {
 	return nil
 }
 
+// getMachines times GET /api/v1/objects/machines in a view to its last
+// byte: the server's latency, without the client's JSON decoding.
 func getMachines(ctx context.Context, c *api.Client, view string) (time.Duration, int64, error) {
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, c.Endpoint+"/api/v1/objects/machines?view="+view, nil)
-	if err != nil {
-		return 0, 0, err
-	}
-	req.Header.Set("Authorization", "Bearer "+c.Token)
 	t0 := time.Now()
-	resp, err := c.HTTP.Do(req)
+	body, err := c.Stream(ctx, "/api/v1/objects/machines?view="+view)
 	if err != nil {
 		return 0, 0, err
 	}
-	defer resp.Body.Close()
-	n, err := io.Copy(io.Discard, resp.Body)
+	defer body.Close()
+	n, err := io.Copy(io.Discard, body)
 	if err != nil {
 		return 0, 0, err
-	}
-	if resp.StatusCode != http.StatusOK {
-		return 0, 0, fmt.Errorf("status %s", resp.Status)
 	}
 	return time.Since(t0), n, nil
 }
 
-// fetchTo saves an authenticated GET to a file.
-func fetchTo(ctx context.Context, c *api.Client, path, file string) error {
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, c.Endpoint+path, nil)
-	if err != nil {
-		return err
-	}
-	req.Header.Set("Authorization", "Bearer "+c.Token)
-	resp, err := c.HTTP.Do(req)
-	if err != nil {
-		return err
-	}
-	defer resp.Body.Close()
-	if resp.StatusCode != http.StatusOK {
-		return fmt.Errorf("%s: %s", path, resp.Status)
-	}
-	f, err := os.Create(file)
-	if err != nil {
-		return err
-	}
-	defer f.Close()
-	_, err = io.Copy(f, resp.Body)
-	return err
-}
-
 // metrics reads some gauges from the server's /metrics.
 func metrics(ctx context.Context, c *api.Client, names ...string) (string, error) {
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, c.Endpoint+"/metrics", nil)
+	body, err := c.Stream(ctx, "/metrics")
 	if err != nil {
 		return "", err
 	}
-	req.Header.Set("Authorization", "Bearer "+c.Token)
-	resp, err := c.HTTP.Do(req)
-	if err != nil {
-		return "", err
-	}
-	defer resp.Body.Close()
-	b, err := io.ReadAll(resp.Body)
+	defer body.Close()
+	b, err := io.ReadAll(body)
 	if err != nil {
 		return "", err
 	}

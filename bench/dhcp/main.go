@@ -17,7 +17,6 @@ import (
 	"errors"
 	"flag"
 	"fmt"
-	"io"
 	"net"
 	"net/http"
 	"os"
@@ -32,6 +31,7 @@ import (
 	"time"
 
 	"github.com/drover-project/drover/api"
+	"github.com/drover-project/drover/bench/internal/fetch"
 	"github.com/drover-project/drover/internal/netns"
 )
 
@@ -242,7 +242,7 @@ func benchDrover(bin, dir string) (float64, error) {
 		secs := int(duration.Seconds()) - 1
 		go func() {
 			defer close(profDone)
-			if err := fetchTo(ctx, c, fmt.Sprintf("/debug/pprof/profile?seconds=%d", secs), *cpuProf); err != nil {
+			if err := fetch.ToFile(ctx, c, fmt.Sprintf("/debug/pprof/profile?seconds=%d", secs), *cpuProf); err != nil {
 				fmt.Fprintln(os.Stderr, "cpu profile:", err)
 			}
 		}()
@@ -261,31 +261,6 @@ func benchDrover(bin, dir string) (float64, error) {
 	}
 	fmt.Printf("leases in drover's store after the run: %d\n", len(l.Items))
 	return r, nil
-}
-
-func fetchTo(ctx context.Context, c *api.Client, path, file string) error {
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, c.Endpoint+path, nil)
-	if err != nil {
-		return err
-	}
-	req.Header.Set("Authorization", "Bearer "+c.Token)
-	resp, err := c.HTTP.Do(req)
-	if err != nil {
-		return err
-	}
-	defer resp.Body.Close()
-	if resp.StatusCode != http.StatusOK {
-		return fmt.Errorf("%s: %s", path, resp.Status)
-	}
-	f, err := os.Create(file)
-	if err != nil {
-		return err
-	}
-	if _, err := io.Copy(f, resp.Body); err != nil {
-		f.Close()
-		return err
-	}
-	return f.Close()
 }
 
 // login waits for the server in the namespace and logs in; the client's
