@@ -69,7 +69,7 @@ func printPush(w io.Writer, r *api.ContentPushResponse) {
 		what string
 		refs []string
 	}{{"added", r.Changes.Added}, {"changed", r.Changes.Changed}, {"removed", r.Changes.Removed}, {"overridden by your own object (kept)", r.Overridden}} {
-		if len(l.refs) > 0 && !(r.Unchanged && l.what != "overridden by your own object (kept)") {
+		if len(l.refs) > 0 { // an unchanged push has no changes, only overrides
 			fmt.Fprintf(w, "  %s: %s\n", l.what, strings.Join(l.refs, ", "))
 		}
 	}

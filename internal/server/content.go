@@ -93,18 +93,11 @@ func (s *Server) installedPacks(ctx context.Context) (map[string]*api.ContentPac
 	return out, nil
 }
 
-// asContent turns a stored pack back into the form internal/content checks.
+// asContent turns a stored pack back into the form internal/content checks:
+// the two share their JSON (the stored form adds kind, revisions and
+// status, which content.Pack leaves out).
 func asContent(cp *api.ContentPack) (*content.Pack, error) {
-	b, err := json.Marshal(struct {
-		Name        string                `json:"name"`
-		Version     string                `json:"version"`
-		Description string                `json:"description,omitempty"`
-		Requires    []api.PackRequirement `json:"requires,omitempty"`
-		File        string                `json:"file,omitempty"`
-		Line        int                   `json:"line,omitempty"`
-		Objects     []api.PackObject      `json:"objects"`
-		Digest      string                `json:"digest"`
-	}{cp.Name, cp.Version, cp.Description, cp.Requires, cp.File, cp.Line, cp.Objects, cp.Digest})
+	b, err := json.Marshal(cp)
 	if err != nil {
 		return nil, err
 	}

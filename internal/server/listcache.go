@@ -2,37 +2,30 @@ package server
 
 import (
 	"context"
-	"errors"
 	"log/slog"
 	"slices"
-	"sync"
 	"time"
 
 	"github.com/drover-project/drover/internal/store"
 )
 
 // listCache keeps the JSON that callers see of every object of one kind in
-// memory, fed by the store's event stream, so that listing ten thousand
-// machines is a copy of bytes already made instead of a read transaction
-// and a decode of every record (the Kubernetes API server's watch cache, in
-// small). Reads stay consistent: a list waits until the cache holds the
-// store's revision at the time of the request, so a client always sees its
-// own writes.
+// memory, fed by the store's event stream (store.Follower), so that
+// listing ten thousand machines is a copy of bytes already made instead of
+// a read transaction and a decode of every record (the Kubernetes API
+// server's watch cache, in small). Reads stay consistent: a list waits
+// until the cache holds the store's revision at the time of the request,
+// so a client always sees its own writes.
 type listCache struct {
-	kind    string
-	st      store.Store
 	present func(store.Record) ([]byte, error)
 	// summarize makes the summary view of a presented object (nil: the
 	// summary view is the full one).
 	summarize func([]byte) ([]byte, error)
-	log       *slog.Logger
+	follower  *store.Follower
 
-	mu      sync.RWMutex
-	rev     int64 // the cache holds the store as of rev, whole revisions only
-	ready   bool
-	names   []string // sorted
-	items   map[string]cachedItem
-	changed chan struct{} // closed (and replaced) when rev moves
+	// Guarded by the follower's lock.
+	names []string // sorted
+	items map[string]cachedItem
 }
 
 type cachedItem struct {
@@ -42,34 +35,15 @@ type cachedItem struct {
 }
 
 func newListCache(kind string, st store.Store, present func(store.Record) ([]byte, error), summarize func([]byte) ([]byte, error), log *slog.Logger) *listCache {
-	return &listCache{kind: kind, st: st, present: present, summarize: summarize, log: log, changed: make(chan struct{})}
+	c := &listCache{present: present, summarize: summarize}
+	c.follower = store.NewFollower(st, kind, "list cache", log, c.reset, c.apply)
+	return c
 }
 
-// run keeps the cache filled until ctx ends: list, then follow the event
-// stream; when the stream ends (the cache fell behind, or history was
-// compacted) list again.
-func (c *listCache) run(ctx context.Context) {
-	backoff := 100 * time.Millisecond
-	for ctx.Err() == nil {
-		err := c.follow(ctx)
-		if ctx.Err() != nil {
-			return
-		}
-		c.log.Warn("list cache: following the event stream failed; listing again", "kind", c.kind, "err", err)
-		select {
-		case <-ctx.Done():
-			return
-		case <-time.After(backoff):
-		}
-		backoff = min(2*backoff, 5*time.Second)
-	}
-}
+// run keeps the cache filled until ctx ends.
+func (c *listCache) run(ctx context.Context) { c.follower.Run(ctx) }
 
-func (c *listCache) follow(ctx context.Context) error {
-	recs, rev, err := c.st.List(ctx, c.kind, store.ListOptions{})
-	if err != nil {
-		return err
-	}
+func (c *listCache) reset(recs []store.Record) error {
 	items := make(map[string]cachedItem, len(recs))
 	names := make([]string, 0, len(recs))
 	for _, rec := range recs {
@@ -80,43 +54,8 @@ func (c *listCache) follow(ctx context.Context) error {
 		items[rec.Name] = it
 		names = append(names, rec.Name)
 	}
-	ch, err := c.st.Watch(ctx, rev)
-	if err != nil {
-		return err
-	}
-	c.mu.Lock()
-	c.items, c.names, c.ready = items, names, true
-	c.publishLocked(rev)
-	c.mu.Unlock()
-
-	pending := rev // revision of the events being applied
-	for ev := range ch {
-		c.mu.Lock()
-		// A revision is complete once its last event is in; a newer one
-		// starting also proves it (belt and braces).
-		if ev.Revision > pending && pending > c.rev {
-			c.publishLocked(pending)
-		}
-		pending = ev.Revision
-		if ev.Record.Kind == c.kind {
-			if err := c.applyLocked(ev); err != nil {
-				c.ready = false
-				c.mu.Unlock()
-				return err
-			}
-		}
-		if ev.Last {
-			c.publishLocked(ev.Revision)
-		}
-		c.mu.Unlock()
-	}
-	c.mu.Lock()
-	c.ready = false
-	c.mu.Unlock()
-	if err := ctx.Err(); err != nil {
-		return err
-	}
-	return errors.New("the event stream ended (the cache fell behind)")
+	c.items, c.names = items, names
+	return nil
 }
 
 func (c *listCache) item(rec store.Record) (cachedItem, error) {
@@ -133,7 +72,7 @@ func (c *listCache) item(rec store.Record) (cachedItem, error) {
 	return it, nil
 }
 
-func (c *listCache) applyLocked(ev store.Event) error {
+func (c *listCache) apply(ev store.Event) error {
 	name := ev.Record.Name
 	i, found := slices.BinarySearch(c.names, name)
 	if ev.Type == store.EventDelete {
@@ -154,48 +93,28 @@ func (c *listCache) applyLocked(ev store.Event) error {
 	return nil
 }
 
-func (c *listCache) publishLocked(rev int64) {
-	c.rev = rev
-	close(c.changed)
-	c.changed = make(chan struct{})
-}
-
-// errCacheBehind says the cache did not reach the wanted revision in time;
-// the caller reads the store instead.
-var errCacheBehind = errors.New("list cache is behind")
-
 // snapshot returns the presented objects (or their summaries) matching sel,
 // sorted by name, as of a revision at least minRev. It waits up to wait for
-// the cache to get there.
+// the cache to get there, else returns store.ErrBehind.
 func (c *listCache) snapshot(ctx context.Context, minRev int64, sel store.Selector, summary bool, wait time.Duration) ([][]byte, int64, error) {
-	deadline := time.NewTimer(wait)
-	defer deadline.Stop()
-	for {
-		c.mu.RLock()
-		if c.ready && c.rev >= minRev {
-			out := make([][]byte, 0, len(c.names))
-			for _, n := range c.names {
-				it := c.items[n]
-				switch {
-				case sel != nil && !sel.Matches(it.labels):
-				case summary:
-					out = append(out, it.summary)
-				default:
-					out = append(out, it.data)
-				}
+	var out [][]byte
+	var at int64
+	err := c.follower.Read(ctx, minRev, wait, func(rev int64) {
+		at = rev
+		out = make([][]byte, 0, len(c.names))
+		for _, n := range c.names {
+			it := c.items[n]
+			switch {
+			case sel != nil && !sel.Matches(it.labels):
+			case summary:
+				out = append(out, it.summary)
+			default:
+				out = append(out, it.data)
 			}
-			rev := c.rev
-			c.mu.RUnlock()
-			return out, rev, nil
 		}
-		changed := c.changed
-		c.mu.RUnlock()
-		select {
-		case <-ctx.Done():
-			return nil, 0, ctx.Err()
-		case <-deadline.C:
-			return nil, 0, errCacheBehind
-		case <-changed:
-		}
+	})
+	if err != nil {
+		return nil, 0, err
 	}
+	return out, at, nil
 }

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"log/slog"
@@ -79,7 +80,14 @@ func TestListCacheFollowsTheStore(t *testing.T) {
 	put(t, st, "Profile", "p", nil, `{}`)
 
 	var logs syncBuffer
-	lc := newListCache("Machine", st, rawPresent, nil, slog.New(slog.NewTextHandler(&logs, nil)))
+	// Holding gate stalls the cache in the middle of applying an event.
+	var gate sync.RWMutex
+	present := func(rec store.Record) ([]byte, error) {
+		gate.RLock()
+		defer gate.RUnlock()
+		return rawPresent(rec)
+	}
+	lc := newListCache("Machine", st, present, nil, slog.New(slog.NewTextHandler(&logs, nil)))
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan struct{})
 	go func() { defer close(done); lc.run(ctx) }()
@@ -127,12 +135,12 @@ func TestListCacheFollowsTheStore(t *testing.T) {
 
 	// Stall the cache so the store closes its watch for lagging; it must
 	// list again and catch up.
-	lc.mu.Lock()
+	gate.Lock()
 	var last int64
 	for i := 0; i < 100; i++ {
 		last = put(t, st, "Machine", fmt.Sprintf("late%03d", i), nil, `{}`)
 	}
-	lc.mu.Unlock()
+	gate.Unlock()
 	got := snap(last, nil)
 	if !strings.Contains(logs.String(), "listing again") {
 		t.Errorf("the cache did not fall behind (the test stalls it to check the re-list); log: %s", logs.String())
@@ -157,8 +165,8 @@ func TestListCacheBehindTimesOut(t *testing.T) {
 	lc := newListCache("Machine", st, rawPresent, nil, slog.New(slog.NewTextHandler(io.Discard, nil)))
 	// Not running: never ready.
 	start := time.Now()
-	if _, _, err := lc.snapshot(context.Background(), 0, nil, false, 200*time.Millisecond); err != errCacheBehind {
-		t.Fatalf("snapshot of a cache not running = %v, want errCacheBehind", err)
+	if _, _, err := lc.snapshot(context.Background(), 0, nil, false, 200*time.Millisecond); !errors.Is(err, store.ErrBehind) {
+		t.Fatalf("snapshot of a cache not running = %v, want store.ErrBehind", err)
 	}
 	if time.Since(start) > 2*time.Second {
 		t.Fatalf("snapshot waited %s", time.Since(start))

@@ -13,7 +13,6 @@ import (
 	"log/slog"
 	"slices"
 	"sort"
-	"sync"
 	"time"
 
 	"github.com/drover-project/drover/api"
@@ -26,16 +25,13 @@ const Wait = 2 * time.Second
 
 // Index maps MACs to machine names.
 type Index struct {
-	st   store.Store
-	log  *slog.Logger
-	wait time.Duration
+	st       store.Store
+	wait     time.Duration
+	follower *store.Follower
 
-	mu      sync.Mutex
-	rev     int64 // every event up to rev is applied
-	ready   bool
-	changed chan struct{} // closed (and replaced) when rev moves
-	byName  map[string]entry
-	byMAC   map[string][]string // machine names, sorted
+	// Guarded by the follower's lock.
+	byName map[string]entry
+	byMAC  map[string][]string // machine names, sorted
 }
 
 // entry is what the index keeps of a machine.
@@ -47,71 +43,24 @@ type entry struct {
 
 // New makes an index; Run fills it.
 func New(st store.Store, log *slog.Logger) *Index {
-	if log == nil {
-		log = slog.Default()
-	}
-	return &Index{st: st, log: log, wait: Wait, changed: make(chan struct{})}
+	x := &Index{st: st, wait: Wait}
+	x.follower = store.NewFollower(st, api.KindMachine, "MAC index", log, x.reset, x.apply)
+	return x
 }
 
 // Run keeps the index current until ctx ends: list, then follow the event
 // stream, and list again when the stream ends.
-func (x *Index) Run(ctx context.Context) {
-	backoff := 100 * time.Millisecond
-	for ctx.Err() == nil {
-		err := x.follow(ctx)
-		if ctx.Err() != nil {
-			return
-		}
-		x.log.Warn("MAC index: following the event stream failed; listing again", "err", err)
-		select {
-		case <-ctx.Done():
-			return
-		case <-time.After(backoff):
-		}
-		backoff = min(2*backoff, 5*time.Second)
-	}
-}
+func (x *Index) Run(ctx context.Context) { x.follower.Run(ctx) }
 
-func (x *Index) follow(ctx context.Context) error {
-	recs, rev, err := x.st.List(ctx, api.KindMachine, store.ListOptions{})
-	if err != nil {
-		return err
-	}
-	byName := make(map[string]entry, len(recs))
-	for _, rec := range recs {
-		byName[rec.Name] = entryOf(rec)
-	}
-	ch, err := x.st.Watch(ctx, rev)
-	if err != nil {
-		return err
-	}
-	x.mu.Lock()
-	x.byName = byName
+func (x *Index) reset(recs []store.Record) error {
+	x.byName = make(map[string]entry, len(recs))
 	x.byMAC = map[string][]string{}
-	for name, e := range byName {
-		x.addLocked(name, e)
+	for _, rec := range recs {
+		e := entryOf(rec)
+		x.byName[rec.Name] = e
+		x.addLocked(rec.Name, e)
 	}
-	x.ready = true
-	x.publishLocked(rev)
-	x.mu.Unlock()
-
-	for ev := range ch {
-		x.mu.Lock()
-		if ev.Record.Kind == api.KindMachine {
-			x.applyLocked(ev)
-		}
-		if ev.Last {
-			x.publishLocked(ev.Revision)
-		}
-		x.mu.Unlock()
-	}
-	x.mu.Lock()
-	x.ready = false
-	x.mu.Unlock()
-	if err := ctx.Err(); err != nil {
-		return err
-	}
-	return errors.New("the event stream ended (the index fell behind)")
+	return nil
 }
 
 // macsOnly decodes the part of a machine the index needs.
@@ -150,18 +99,19 @@ func entryOf(rec store.Record) entry {
 	return e
 }
 
-func (x *Index) applyLocked(ev store.Event) {
+func (x *Index) apply(ev store.Event) error {
 	name := ev.Record.Name
 	if old, ok := x.byName[name]; ok {
 		x.removeLocked(name, old)
 		delete(x.byName, name)
 	}
 	if ev.Type == store.EventDelete {
-		return
+		return nil
 	}
 	e := entryOf(ev.Record)
 	x.byName[name] = e
 	x.addLocked(name, e)
+	return nil
 }
 
 func (x *Index) addLocked(name string, e entry) {
@@ -189,14 +139,6 @@ func (x *Index) removeLocked(name string, e entry) {
 	}
 }
 
-func (x *Index) publishLocked(rev int64) {
-	if rev > x.rev {
-		x.rev = rev
-	}
-	close(x.changed)
-	x.changed = make(chan struct{})
-}
-
 // Lookup returns the name of the machine that has mac ("" when none has),
 // as of the store's revision at the time of the call. When several
 // machines report the same MAC, the one whose primary MAC it is wins,
@@ -210,10 +152,18 @@ func (x *Index) Lookup(ctx context.Context, mac string) (string, error) {
 	if err != nil {
 		return "", err
 	}
-	if name, ok := x.lookupAt(ctx, rev, mac); ok {
+	var name string
+	err = x.follower.Read(ctx, rev, x.wait, func(int64) {
+		cands := map[string]entry{}
+		for _, n := range x.byMAC[mac] {
+			cands[n] = x.byName[n]
+		}
+		name = best(mac, cands)
+	})
+	if err == nil {
 		return name, nil
 	}
-	if err := ctx.Err(); err != nil {
+	if !errors.Is(err, store.ErrBehind) {
 		return "", err
 	}
 	// The index is not running or far behind: read the store.
@@ -228,33 +178,6 @@ func (x *Index) Lookup(ctx context.Context, mac string) (string, error) {
 		}
 	}
 	return best(mac, cands), nil
-}
-
-// lookupAt waits until the index holds rev; false if it did not within
-// the wait.
-func (x *Index) lookupAt(ctx context.Context, rev int64, mac string) (string, bool) {
-	timer := time.NewTimer(x.wait)
-	defer timer.Stop()
-	for {
-		x.mu.Lock()
-		if x.ready && x.rev >= rev {
-			cands := map[string]entry{}
-			for _, n := range x.byMAC[mac] {
-				cands[n] = x.byName[n]
-			}
-			x.mu.Unlock()
-			return best(mac, cands), true
-		}
-		ch := x.changed
-		x.mu.Unlock()
-		select {
-		case <-ch:
-		case <-timer.C:
-			return "", false
-		case <-ctx.Done():
-			return "", false
-		}
-	}
 }
 
 func best(mac string, cands map[string]entry) string {
