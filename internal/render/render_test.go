@@ -4,7 +4,9 @@ import (
 	"crypto/rand"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"strings"
+	"sync"
 	"testing"
 
 	"github.com/drover-project/drover/api"
@@ -255,5 +257,49 @@ func TestRenderTemplateRecursionEnds(t *testing.T) {
 	in.Templates["loop"] = &api.Template{Meta: api.Meta{Name: "loop"}, Content: `{{ template "loop" . }}`}
 	if _, err := Render(in, "task t", `{{ template "loop" . }}`); err == nil {
 		t.Error("a template including itself rendered")
+	}
+}
+
+// Parsed templates are cached: a changed Template object must be seen at
+// once, and machines rendering the same body at the same time must each see
+// their own params (the funcs are bound per render).
+func TestRenderCacheSeesChangesAndBindsPerMachine(t *testing.T) {
+	box := newBox(t)
+	in := input(t, box)
+	body := `{{ template "header" . }} {{ param "m" }}`
+	if got, err := Render(in, "task t", body); err != nil || got != "# n1 (p1) machine" {
+		t.Fatalf("first render: %q, %v", got, err)
+	}
+	in.Templates["header"] = &api.Template{Meta: api.Meta{Name: "header"}, Content: `## {{ .Machine.Name }}`}
+	if got, err := Render(in, "task t", body); err != nil || got != "## n1 machine" {
+		t.Fatalf("after the template changed: %q, %v", got, err)
+	}
+	in.Templates["header"] = &api.Template{Meta: api.Meta{Name: "header"}, Content: `{{ if }}`}
+	if _, err := Render(in, "task t", body); err == nil || !strings.Contains(err.Error(), `template "header"`) {
+		t.Fatalf("a broken template must fail the render, naming it: %v", err)
+	}
+
+	in = input(t, box)
+	var wg sync.WaitGroup
+	errs := make(chan error, 64)
+	for i := range 64 {
+		m := *in.Machine
+		m.Name = fmt.Sprintf("n%d", i)
+		m.Params = map[string]json.RawMessage{"m": raw(fmt.Sprintf("%q", m.Name))}
+		mine := *in
+		mine.Machine = &m
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			got, err := Render(&mine, "task t", body)
+			if want := fmt.Sprintf("# %s (p1) %s", m.Name, m.Name); err != nil || got != want {
+				errs <- fmt.Errorf("got %q, %v; want %q", got, err, want)
+			}
+		}()
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		t.Error(err)
 	}
 }
