@@ -37,6 +37,10 @@ type Meta struct {
 	// wrote, "pack:NAME@VERSION" for objects a content pack provides. Set
 	// by the server; ignored when a user applies an object.
 	Source string `json:"source,omitempty"`
+	// Site names the site an object belongs to when a manager shows it
+	// from its mirror of that site; empty for the endpoint's own objects.
+	// Set by the manager; never stored.
+	Site string `json:"site,omitempty"`
 }
 
 // GetMeta gives access to the common fields of any object.

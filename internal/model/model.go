@@ -47,6 +47,7 @@ var kinds = []KindInfo{
 	{Kind: api.KindSubnet, Plural: "subnets", New: func() api.Object { return &api.Subnet{} }},
 	{Kind: api.KindReservation, Plural: "reservations", New: func() api.Object { return &api.Reservation{} }},
 	{Kind: api.KindLease, Plural: "leases", New: func() api.Object { return &api.Lease{} }, Managed: true},
+	{Kind: api.KindSite, Plural: "sites", New: func() api.Object { return &api.Site{} }, Aliases: []string{"site"}, Managed: true},
 }
 
 var kindByAlias = func() map[string]*KindInfo {

@@ -102,6 +102,19 @@ func (s *Server) handleEvents(w http.ResponseWriter, r *http.Request, p *princip
 	}
 	last := from
 	dirty := false
+	// ": rev N" after a burst says every event up to N was sent, so a
+	// client keeping a copy (a manager's mirror) can move its cursor to N
+	// without waiting for the next revision: events of one revision arrive
+	// together, but a burst may end inside one.
+	complete, announced := from, from
+	flush := func() {
+		if complete > announced {
+			fmt.Fprintf(w, ": rev %d\n\n", complete)
+			announced = complete
+		}
+		flusher.Flush()
+		dirty = false
+	}
 	for {
 		select {
 		case <-r.Context().Done():
@@ -111,7 +124,7 @@ func (s *Server) handleEvents(w http.ResponseWriter, r *http.Request, p *princip
 			return
 		case <-ping.C:
 			fmt.Fprintf(w, ": ping %d\n\n", last)
-			flusher.Flush()
+			flush()
 		case ev, ok := <-ch:
 			if !ok {
 				if r.Context().Err() == nil {
@@ -121,6 +134,9 @@ func (s *Server) handleEvents(w http.ResponseWriter, r *http.Request, p *princip
 				return
 			}
 			last = ev.Revision
+			if ev.Last {
+				complete = ev.Revision
+			}
 			if concernsSession(p, ev.Record.Kind, ev.Record.Name) {
 				// Look at the store, not the event: a replayed event may be
 				// long out of date.
@@ -131,8 +147,7 @@ func (s *Server) handleEvents(w http.ResponseWriter, r *http.Request, p *princip
 			}
 			if (len(kinds) > 0 && !kinds[ev.Record.Kind]) || !canRead(p, ev.Record.Kind) {
 				if dirty && len(ch) == 0 {
-					flusher.Flush()
-					dirty = false
+					flush()
 				}
 				continue
 			}
@@ -148,8 +163,7 @@ func (s *Server) handleEvents(w http.ResponseWriter, r *http.Request, p *princip
 			dirty = true
 			// Flush once a burst is written, not per event.
 			if len(ch) == 0 {
-				flusher.Flush()
-				dirty = false
+				flush()
 			}
 		}
 	}
