@@ -119,6 +119,9 @@ type NextJobRequest struct {
 	Running string `json:"running,omitempty"`
 	// Wait is how long the server may hold the request (Go duration, max 60s).
 	Wait string `json:"wait,omitempty"`
+	// Commands says the agent runs ad-hoc commands (drover run, drover
+	// cp): the answer may carry them, and it comes as soon as one arrives.
+	Commands bool `json:"commands,omitempty"`
 }
 
 // JobSpec is what an agent runs.
@@ -131,9 +134,13 @@ type JobSpec struct {
 	Timeout string `json:"timeout"`
 }
 
-// NextJobResponse has a job, or none when the wait ran out.
+// NextJobResponse has a job, or none when the wait ran out. To an agent
+// that runs commands it may also bring commands to start and commands to
+// cancel (by ID), with or without a job.
 type NextJobResponse struct {
-	Job *JobSpec `json:"job,omitempty"`
+	Job            *JobSpec       `json:"job,omitempty"`
+	Commands       []AgentCommand `json:"commands,omitempty"`
+	CancelCommands []string       `json:"cancelCommands,omitempty"`
 }
 
 // JobResult is what an agent reports when a job ends.

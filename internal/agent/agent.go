@@ -42,6 +42,8 @@ type Config struct {
 	Logger *slog.Logger
 	// PollWait is how long a job poll is held by the server.
 	PollWait time.Duration
+	// Commands runs ad-hoc commands (drover run); default executes them.
+	Commands CommandRunner
 }
 
 // state is what the agent keeps in its state dir.
@@ -61,7 +63,12 @@ type Agent struct {
 
 	mu        sync.Mutex
 	heartbeat time.Duration
-	running   string
+	// running is the job this agent runs and has not yet reported;
+	// jobDone is closed when the last job started ends.
+	running string
+	jobDone chan struct{}
+	// commands are the ad-hoc commands running, by ID (command.go).
+	commands map[string]context.CancelCauseFunc
 }
 
 // New checks the configuration and loads the agent's state.
@@ -77,6 +84,9 @@ func New(cfg Config) (*Agent, error) {
 	}
 	if cfg.Executor == nil {
 		cfg.Executor = ShellExecutor{}
+	}
+	if cfg.Commands == nil {
+		cfg.Commands = ExecCommand
 	}
 	if cfg.Inventory == nil {
 		cfg.Inventory = inventory.Collect
@@ -208,10 +218,17 @@ func (a *Agent) Run(parent context.Context) error {
 		}
 		return err
 	}
+	// Jobs and commands run in their own goroutines while the poll goes
+	// on: a command must not wait for a long job, and the poll is how
+	// commands arrive. Run returns once they have all stopped.
+	var work sync.WaitGroup
+	defer work.Wait()
 	backoff := newBackoff()
+	commands := true
 	for ctx.Err() == nil {
 		var resp api.NextJobResponse
-		err := a.do(ctx, http.MethodPost, "/api/v1/agent/jobs/next", api.NextJobRequest{Wait: a.cfg.PollWait.String()}, &resp)
+		req := api.NextJobRequest{Wait: a.cfg.PollWait.String(), Running: a.runningJob(), Commands: commands}
+		err := a.do(ctx, http.MethodPost, "/api/v1/agent/jobs/next", req, &resp)
 		if err != nil {
 			if ctx.Err() != nil {
 				break
@@ -220,16 +237,61 @@ func (a *Agent) Run(parent context.Context) error {
 			if errors.As(err, &fe) {
 				return err
 			}
+			if commands && api.IsStatus(err, http.StatusBadRequest) && strings.Contains(err.Error(), `unknown field "commands"`) {
+				a.log.Warn("the server is older and does not run ad-hoc commands (drover run, drover cp); polling for jobs only")
+				commands = false
+				continue
+			}
 			a.log.Warn("polling for jobs failed; retrying", "err", err)
 			backoff.wait(ctx)
 			continue
 		}
 		backoff.reset()
+		for _, id := range resp.CancelCommands {
+			a.cancelCommand(id)
+		}
+		for _, c := range resp.Commands {
+			a.startCommand(ctx, &work, c)
+		}
 		if resp.Job != nil {
-			a.runJob(ctx, resp.Job)
+			a.startJob(ctx, &work, resp.Job)
 		}
 	}
 	return fatal()
+}
+
+// startJob runs a job in the background. Jobs run one after the other: the
+// server hands out the next job of a machine only once the previous one
+// ended, but one it timed out may still be running here, so a new job
+// waits for it. Until a job's result is delivered, polls name it as
+// running (else the server would hand it out again).
+func (a *Agent) startJob(ctx context.Context, work *sync.WaitGroup, job *api.JobSpec) {
+	a.mu.Lock()
+	a.running = job.Name
+	prev := a.jobDone
+	done := make(chan struct{})
+	a.jobDone = done
+	a.mu.Unlock()
+	work.Add(1)
+	go func() {
+		defer work.Done()
+		defer close(done)
+		if prev != nil {
+			<-prev
+		}
+		a.runJob(ctx, job)
+		a.mu.Lock()
+		if a.running == job.Name {
+			a.running = ""
+		}
+		a.mu.Unlock()
+	}()
+}
+
+func (a *Agent) runningJob() string {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	return a.running
 }
 
 // do calls the API with the agent's credential; on 401 it registers again
@@ -464,17 +526,7 @@ func (a *Agent) runJob(ctx context.Context, job *api.JobSpec) {
 	stream := newLogStream(ctx, a, job.Name)
 	jobCtx, cancel := context.WithTimeout(ctx, timeout)
 	workDir := filepath.Join(a.cfg.StateDir, "jobs", job.Name)
-	env := []string{
-		"DROVER_JOB=" + job.Name,
-		"DROVER_TASK=" + job.Task,
-		"DROVER_RUN=" + job.Run,
-		"DROVER_MACHINE=" + a.st.Machine,
-		"DROVER_ENDPOINT=" + a.cfg.Endpoint,
-		"DROVER_STATE_DIR=" + a.cfg.StateDir,
-	}
-	if len(a.cfg.CAPEM) > 0 {
-		env = append(env, "DROVER_CA_CERT="+filepath.Join(a.cfg.StateDir, caFile))
-	}
+	env := a.env("DROVER_JOB="+job.Name, "DROVER_TASK="+job.Task, "DROVER_RUN="+job.Run)
 	exit, runErr := a.cfg.Executor.Execute(jobCtx, ExecRequest{Job: job, WorkDir: workDir, Env: env, Output: stream})
 	timedOut := errors.Is(jobCtx.Err(), context.DeadlineExceeded)
 	cancel()
@@ -510,6 +562,19 @@ func (a *Agent) runJob(ctx context.Context, job *api.JobSpec) {
 		log.Error("reporting job result", "err", err)
 	}
 	log.Info("job finished", "exit", res.ExitCode)
+}
+
+// env is what the agent adds to the environment of what it runs.
+func (a *Agent) env(extra ...string) []string {
+	env := append(extra,
+		"DROVER_MACHINE="+a.st.Machine,
+		"DROVER_ENDPOINT="+a.cfg.Endpoint,
+		"DROVER_STATE_DIR="+a.cfg.StateDir,
+	)
+	if len(a.cfg.CAPEM) > 0 {
+		env = append(env, "DROVER_CA_CERT="+filepath.Join(a.cfg.StateDir, caFile))
+	}
+	return env
 }
 
 // logStream batches job output and posts it in order, retrying while the

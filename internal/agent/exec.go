@@ -45,24 +45,10 @@ func (ShellExecutor) Execute(ctx context.Context, req ExecRequest) (int, error) 
 	cmd.Env = append(os.Environ(), req.Env...)
 	cmd.Stdout = req.Output
 	cmd.Stderr = req.Output
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
-	if err := cmd.Start(); err != nil {
+	if err := startGroup(cmd); err != nil {
 		return -1, fmt.Errorf("start %s: %w", req.Job.Shell, err)
 	}
-	done := make(chan error, 1)
-	go func() { done <- cmd.Wait() }()
-	var err error
-	select {
-	case err = <-done:
-	case <-ctx.Done():
-		_ = syscall.Kill(-cmd.Process.Pid, syscall.SIGTERM)
-		select {
-		case err = <-done:
-		case <-time.After(5 * time.Second):
-			_ = syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL)
-			err = <-done
-		}
-	}
+	err := waitGroup(ctx, cmd, 5*time.Second)
 	if err == nil {
 		return 0, nil
 	}
@@ -74,6 +60,33 @@ func (ShellExecutor) Execute(ctx context.Context, req ExecRequest) (int, error) 
 		return -1, fmt.Errorf("killed: %v", ee)
 	}
 	return -1, err
+}
+
+// startGroup starts cmd in its own process group, so that ending it ends
+// whatever it started too.
+func startGroup(cmd *exec.Cmd) error {
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	return cmd.Start()
+}
+
+// waitGroup waits for cmd; when ctx ends first it sends the process group
+// SIGTERM, then SIGKILL after grace.
+func waitGroup(ctx context.Context, cmd *exec.Cmd, grace time.Duration) error {
+	done := make(chan error, 1)
+	go func() { done <- cmd.Wait() }()
+	select {
+	case err := <-done:
+		return err
+	case <-ctx.Done():
+	}
+	_ = syscall.Kill(-cmd.Process.Pid, syscall.SIGTERM)
+	select {
+	case err := <-done:
+		return err
+	case <-time.After(grace):
+		_ = syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL)
+		return <-done
+	}
 }
 
 // FuncExecutor runs jobs with a Go function (simulated machines).

@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/drover-project/drover/api"
+	"github.com/drover-project/drover/internal/adhoc"
 	"github.com/drover-project/drover/internal/auth"
 	"github.com/drover-project/drover/internal/model"
 	"github.com/drover-project/drover/internal/store"
@@ -212,7 +213,19 @@ func (s *Server) handleNextJob(w http.ResponseWriter, r *http.Request, p *princi
 		}
 		wait = d
 	}
-	spec, err := s.eng.NextJob(r.Context(), p.Machine, req.Running, wait)
+	// The poll also brings ad-hoc commands: it ends early when one comes
+	// (the hub cancels ctx), and takes those that came meanwhile.
+	ctx, poll, cmds := s.cmds.Enter(r.Context(), p.Machine, req.Commands)
+	var spec *api.JobSpec
+	var err error
+	if cmds.Empty() {
+		spec, err = s.eng.NextJob(ctx, p.Machine, req.Running, wait)
+	}
+	gone := r.Context().Err() != nil
+	more := poll.Leave(gone)
+	if err != nil && !gone && adhoc.Woken(ctx) {
+		err = nil
+	}
 	if err != nil {
 		if errors.Is(err, context.Canceled) {
 			writeError(w, apiError(http.StatusServiceUnavailable, "unavailable", "server is shutting down"))
@@ -224,7 +237,8 @@ func (s *Server) handleNextJob(w http.ResponseWriter, r *http.Request, p *princi
 	if spec != nil {
 		s.metrics.jobsDispatched.Add(1)
 	}
-	writeJSON(w, http.StatusOK, api.NextJobResponse{Job: spec})
+	writeJSON(w, http.StatusOK, api.NextJobResponse{Job: spec,
+		Commands: append(cmds.Commands, more.Commands...), CancelCommands: append(cmds.Cancel, more.Cancel...)})
 }
 
 func (s *Server) handleJobAppendLog(w http.ResponseWriter, r *http.Request, p *principal) {

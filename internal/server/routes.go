@@ -51,6 +51,8 @@ func (s *Server) routes(ctx context.Context) http.Handler {
 	mux.HandleFunc("POST /api/v1/rollouts/{name}/cancel", s.userOnly(s.handleCancelRollout))
 	mux.HandleFunc("POST /api/v1/content", s.userOnly(s.handleContentPush))
 	mux.HandleFunc("DELETE /api/v1/content/{name}", s.userOnly(s.handleContentRemove))
+	mux.HandleFunc("POST /api/v1/run", s.userOnly(s.handleRun))
+	mux.HandleFunc("POST /api/v1/cp", s.userOnly(s.handleCopy))
 
 	mux.HandleFunc("POST /api/v1/agent/register", s.handleRegister)
 	mux.HandleFunc("POST /api/v1/agent/heartbeat", s.agentOnly(s.handleHeartbeat))
@@ -59,6 +61,8 @@ func (s *Server) routes(ctx context.Context) http.Handler {
 	mux.HandleFunc("POST /api/v1/agent/jobs/next", s.agentOnly(s.handleNextJob))
 	mux.HandleFunc("POST /api/v1/agent/jobs/{name}/log", s.agentOnly(s.handleJobAppendLog))
 	mux.HandleFunc("POST /api/v1/agent/jobs/{name}/complete", s.agentOnly(s.handleJobComplete))
+	mux.HandleFunc("POST /api/v1/agent/commands/{id}/result", s.agentOnly(s.handleCommandResult))
+	mux.HandleFunc("GET /api/v1/agent/commands/{id}/archive", s.agentOnly(s.handleCommandArchive))
 
 	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
 		writeError(w, apiError(http.StatusNotFound, "not_found", "no such endpoint: %s %s", r.Method, r.URL.Path))

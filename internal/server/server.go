@@ -17,6 +17,7 @@ import (
 	"time"
 
 	"github.com/drover-project/drover/api"
+	"github.com/drover-project/drover/internal/adhoc"
 	"github.com/drover-project/drover/internal/auth"
 	"github.com/drover-project/drover/internal/boot/dhcp"
 	"github.com/drover-project/drover/internal/engine"
@@ -76,6 +77,8 @@ type Config struct {
 	// TFTPDir (default /usr/lib/ipxe, Debian's ipxe package).
 	TFTPListen string
 	TFTPDir    string
+	// MaxCopyBytes limits the archive of a drover cp (0: 64 MiB).
+	MaxCopyBytes int64
 }
 
 // Server is a running site endpoint.
@@ -98,6 +101,8 @@ type Server struct {
 	dhcp *dhcp.Server
 	// boot are the HTTP boot and TFTP servers (boot.go).
 	boot *bootServices
+	// cmds holds ad-hoc commands (drover run, drover cp) in memory (run.go).
+	cmds *adhoc.Hub
 
 	// InitialAdminPassword is set when this start generated the admin
 	// password (first start without DROVER_ADMIN_PASSWORD).
@@ -162,6 +167,7 @@ func New(cfg Config) (*Server, error) {
 		}
 	}
 	s.eng = engine.New(s.st, cfg.Engine, s.box, s.log)
+	s.initCommands()
 	if err := s.newBoot(); err != nil {
 		s.st.Close()
 		return nil, err
