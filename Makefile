@@ -42,11 +42,18 @@ unit:
 	$(GO) test -count=1 -race $(RACE_PKGS)
 
 # QEMU for the boot tests, without the GUI it recommends (VMs run
-# -nographic). Root only, like deps.
+# -nographic), its NICs' iPXE ROMs, UEFI firmware (OVMF), and Debian's
+# network installer (the kernel and initrd TestDebianInstallerPreseed
+# boots). Root only, like deps.
+QEMU_DEPS := qemu-system-x86 ipxe-qemu ovmf debian-installer-12-netboot-amd64
+
 qemu-deps:
-	@if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && ! command -v qemu-system-x86_64 >/dev/null; then \
-		echo "installing qemu-system-x86"; \
-		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends qemu-system-x86 >/dev/null; \
+	@if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+		missing=$$(for p in $(QEMU_DEPS); do dpkg-query -W -f='$${Status}\n' $$p 2>/dev/null | grep -q 'install ok installed' || echo $$p; done); \
+		if [ -n "$$missing" ]; then \
+			echo "installing $$missing"; \
+			apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing >/dev/null; \
+		fi; \
 	fi
 
 # End-to-end tests: real server and agent processes on loopback, and VMs
