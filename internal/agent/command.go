@@ -276,7 +276,8 @@ func extractCopy(ctx context.Context, archive string, cp *api.AgentCopy) error {
 			fi, err := os.Lstat(p)
 			switch {
 			case errors.Is(err, os.ErrNotExist):
-				if err := os.Mkdir(p, 0o700); err != nil {
+				// Another writer may make it at the same moment.
+				if err := os.Mkdir(p, 0o700); err != nil && !errors.Is(err, os.ErrExist) {
 					return err
 				}
 			case err != nil:

@@ -17,7 +17,7 @@ import (
 
 func newServerCmd() *cobra.Command {
 	var cfg server.Config
-	var hb, reach string
+	var hb, reach, maxCopy string
 	var gcPercent int
 	cmd := &cobra.Command{
 		Use:   "server",
@@ -33,6 +33,9 @@ func newServerCmd() *cobra.Command {
 			}
 			if cfg.Engine.ReachableTimeout <= cfg.Engine.HeartbeatInterval {
 				return fmt.Errorf("--reachable-timeout (%s) must be longer than --heartbeat-interval (%s)", reach, hb)
+			}
+			if cfg.MaxCopyBytes, err = parseSize(maxCopy); err != nil {
+				return fmt.Errorf("--max-copy-size: %w", err)
 			}
 			// Every agent holds a connection and a long poll, so at 10,000
 			// machines most of the heap is small, long-lived connection
@@ -93,6 +96,7 @@ func newServerCmd() *cobra.Command {
 	f.StringVar(&cfg.DiscoveryDir, "discovery-dir", "", "directory of the discovery image (vmlinuz, initrd.img from make discovery-image) served as /files/discovery/ (default <boot-files-dir>/discovery)")
 	f.StringVar(&cfg.TFTPListen, "tftp-listen", "", "serve the iPXE binaries over read-only TFTP on HOST:PORT (:69)")
 	f.StringVar(&cfg.TFTPDir, "tftp-dir", "", "directory of the iPXE binaries (default /usr/lib/ipxe, from Debian's ipxe package)")
+	f.StringVar(&maxCopy, "max-copy-size", "64MiB", "largest archive drover cp may send to this site (KiB, MiB, GiB)")
 	f.IntVar(&gcPercent, "gc-percent", 50, "heap growth allowed between garbage collections, in percent: lower uses less memory and more CPU (GOGC in the environment wins)")
 	return cmd
 }

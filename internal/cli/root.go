@@ -84,6 +84,8 @@ func NewRoot(stdin io.Reader, stdout, stderr io.Writer) *cobra.Command {
 		newDemoCmd(),
 		newRolloutsCmd(),
 		newContentCmd(),
+		newRunCmd(),
+		newCopyCmd(),
 	)
 	for _, a := range []string{api.ActionCommission, api.ActionDeploy, api.ActionUpgrade, api.ActionDecommission, api.ActionVerify} {
 		root.AddCommand(newActionCmd(a))

@@ -20,6 +20,10 @@ func (n Node) String() string {
 	return n.Site + "%" + n.Name
 }
 
+// Compare orders nodes as a NodeSet lists them: by site, then name, both
+// in natural order (n2 before n10).
+func Compare(a, b Node) int { return compareNodes(a, b) }
+
 // compareNodes orders by site, then name, both in natural order.
 func compareNodes(a, b Node) int {
 	if c := compareNatural(a.Site, b.Site); c != 0 {

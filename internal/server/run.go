@@ -217,7 +217,7 @@ func (s *Server) handleCopy(w http.ResponseWriter, r *http.Request, p *principal
 	}
 	if limit := s.maxCopyBytes(); req.Size > limit {
 		writeError(w, apiError(http.StatusRequestEntityTooLarge, "too_large",
-			"the copy is %s, over this site's limit of %s (drover server --max-copy-size)", sizeString(req.Size), sizeString(limit)))
+			"the copy is %s, over this site's limit of %s (drover server --max-copy-size)", FormatSize(req.Size), FormatSize(limit)))
 		return
 	}
 	names, err := s.resolveNodes(r.Context(), req.Nodes)
@@ -245,7 +245,7 @@ func (s *Server) handleCopy(w http.ResponseWriter, r *http.Request, p *principal
 		writeError(w, badRequest("archive: %v", err))
 		return
 	}
-	s.auditCommand(r, p, "cp", req.Nodes, len(names), fmt.Sprintf("%s (%s) to %s", top, sizeString(req.Size), req.Dest))
+	s.auditCommand(r, p, "cp", req.Nodes, len(names), fmt.Sprintf("%s (%s) to %s", top, FormatSize(req.Size), req.Dest))
 	s.streamBatch(w, r, names, adhoc.Spec{Timeout: timeout, Archive: file,
 		Copy: &api.AgentCopy{Dest: req.Dest, Name: top, Size: req.Size}}, req.Fanout)
 }
@@ -257,7 +257,8 @@ func (s *Server) maxCopyBytes() int64 {
 	return DefaultMaxCopyBytes
 }
 
-func sizeString(n int64) string {
+// FormatSize writes a byte count as people read it (3.2 MiB).
+func FormatSize(n int64) string {
 	switch {
 	case n >= 1<<20:
 		return fmt.Sprintf("%.1f MiB", float64(n)/(1<<20))
