@@ -240,7 +240,6 @@ func parseSize(s string) (int64, error) {
 	return 0, fmt.Errorf("size %q: give a number of bytes or KiB, MiB, GiB, such as 64MiB", s)
 }
 
-
 // gatherer prints a run's results as they come (or collated at the end)
 // and sums them up.
 type gatherer struct {
