@@ -155,10 +155,12 @@ type Hardware struct {
 
 // List views: ViewFull (the default) has every field; ViewSummary leaves
 // out machines' status.inventory (status.hardware stays), for tables of
-// thousands of machines.
+// thousands of machines; ViewTable answers a Table of the rows `drover get`
+// prints (machines only).
 const (
 	ViewFull    = "full"
 	ViewSummary = "summary"
+	ViewTable   = "table"
 )
 
 // Profile is a named bundle of params. The profile named "global" applies

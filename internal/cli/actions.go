@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/drover-project/drover/api"
+	"github.com/drover-project/drover/internal/tables"
 	"github.com/spf13/cobra"
 	"golang.org/x/term"
 )
@@ -278,7 +279,7 @@ func newMachinesCmd() *cobra.Command {
 					if m.Status.Run != "" {
 						run = " run " + m.Status.Run
 					}
-					if d := driftColumn(&m.Status); d != "-" && d != "no" {
+					if d := tables.Drift(&m.Status); d != "-" && d != "no" {
 						run += " drift " + d
 					}
 					fmt.Fprintf(out, "%s  %-20s %-16s %s%s\n", ts, m.Name, m.Status.State, reach, run)

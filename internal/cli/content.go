@@ -12,6 +12,7 @@ import (
 
 	"github.com/drover-project/drover/api"
 	"github.com/drover-project/drover/internal/content"
+	"github.com/drover-project/drover/internal/tables"
 	"github.com/spf13/cobra"
 )
 
@@ -114,7 +115,7 @@ func newContentListCmd() *cobra.Command {
 				if p.Status.Builtin {
 					by += " (built in)"
 				}
-				fmt.Fprintf(tw, "%s\t%s\t%d\t%d\t%s\t%s\t%s\n", p.Name, p.Version, len(p.Objects), len(p.Status.Overridden), age(p.Status.InstalledAt), dash(by), dash(desc))
+				fmt.Fprintf(tw, "%s\t%s\t%d\t%d\t%s\t%s\t%s\n", p.Name, p.Version, len(p.Objects), len(p.Status.Overridden), age(p.Status.InstalledAt), tables.Dash(by), tables.Dash(desc))
 			}
 			return tw.Flush()
 		},
@@ -153,7 +154,7 @@ func newContentShowCmd() *cobra.Command {
 			if p.Status.Builtin {
 				by += " (built in)"
 			}
-			fmt.Fprintf(w, "Installed:   %s ago by %s", age(p.Status.InstalledAt), dash(by))
+			fmt.Fprintf(w, "Installed:   %s ago by %s", age(p.Status.InstalledAt), tables.Dash(by))
 			if p.Status.PreviousVersion != "" {
 				fmt.Fprintf(w, " (upgraded from %s)", p.Status.PreviousVersion)
 			}

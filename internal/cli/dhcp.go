@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/drover-project/drover/api"
+	"github.com/drover-project/drover/internal/tables"
 )
 
 func printSubnets(w io.Writer, items []json.RawMessage, wide bool) error {
@@ -29,7 +30,7 @@ func printSubnets(w io.Writer, items []json.RawMessage, wide bool) error {
 		if s.Proxy {
 			mode = "proxy"
 		}
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\n", s.Name, s.CIDR, rng, dash(s.Router), dash(strings.Join(s.DNS, ",")), dash(s.LeaseTime), mode)
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\n", s.Name, s.CIDR, rng, tables.Dash(s.Router), tables.Dash(strings.Join(s.DNS, ",")), tables.Dash(s.LeaseTime), mode)
 	}
 	return nil
 }
@@ -43,7 +44,7 @@ func printReservations(w io.Writer, items []json.RawMessage, wide bool) error {
 		if err := json.Unmarshal(raw, &r); err != nil {
 			return err
 		}
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\n", r.Name, r.MAC, r.IP, dash(r.Hostname))
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\n", r.Name, r.MAC, r.IP, tables.Dash(r.Hostname))
 	}
 	return nil
 }
@@ -76,7 +77,7 @@ func printLeases(w io.Writer, items []json.RawMessage, wide bool) error {
 				exp = "expired"
 			}
 		}
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\n", l.IP, l.MAC, l.Subnet, dash(l.Hostname), l.State, exp)
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\n", l.IP, l.MAC, l.Subnet, tables.Dash(l.Hostname), l.State, exp)
 	}
 	return nil
 }

@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/drover-project/drover/api"
+	"github.com/drover-project/drover/internal/tables"
 	"github.com/spf13/cobra"
 	"golang.org/x/term"
 )
@@ -191,7 +192,7 @@ func progressLine(r *api.Rollout) string {
 	line := fmt.Sprintf("%s %s: batch %d/%d, %d/%d done (%d ok, %d failed), %d running, %d pending",
 		r.Name, s.State, max(s.Batch, s.BatchesDone), s.Batches, done, len(s.Machines), s.Succeeded, s.Failed, s.Running, s.Pending)
 	if s.NextBatchAt != nil && s.State == api.RolloutRunning && s.Running == 0 {
-		line += fmt.Sprintf(", next batch in %s", human(time.Until(*s.NextBatchAt)))
+		line += fmt.Sprintf(", next batch in %s", tables.Human(time.Until(*s.NextBatchAt)))
 	}
 	if f := failedMachines(r); len(f) > 0 {
 		line += " [failed: " + strings.Join(f, ",") + "]"
@@ -326,14 +327,14 @@ func printRollouts(w io.Writer, items []json.RawMessage, _ bool) error {
 		}
 		s := r.Status
 		fmt.Fprintf(tw, "%s\t%s\t%s\t%d/%d\t%d\t%d\t%d\t%d\t%d\t%s\t%s\t%s\n", r.Name, r.Action, s.State, max(s.Batch, s.BatchesDone), s.Batches,
-			len(s.Machines), s.Succeeded, s.Failed, s.Running, s.Pending, age(&s.StartedAt), dash(r.User), dash(s.Message))
+			len(s.Machines), s.Succeeded, s.Failed, s.Running, s.Pending, age(&s.StartedAt), tables.Dash(r.User), tables.Dash(s.Message))
 	}
 	return nil
 }
 
 func showRollout(w io.Writer, r *api.Rollout) error {
 	s := r.Status
-	fmt.Fprintf(w, "Rollout:   %s (%s by %s)\n", r.Name, r.Action, dash(r.User))
+	fmt.Fprintf(w, "Rollout:   %s (%s by %s)\n", r.Name, r.Action, tables.Dash(r.User))
 	if r.Workflow != "" {
 		fmt.Fprintf(w, "Workflow:  %s\n", r.Workflow)
 	}
@@ -367,7 +368,7 @@ func showRollout(w io.Writer, r *api.Rollout) error {
 			}
 			dur = end.Sub(*m.StartedAt).Round(time.Millisecond).String()
 		}
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\n", m.Name, batch, m.State, dash(m.Run), dur, dash(m.Message))
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\n", m.Name, batch, m.State, tables.Dash(m.Run), dur, tables.Dash(m.Message))
 	}
 	return nil
 }
@@ -389,13 +390,13 @@ func printPolicies(w io.Writer, items []json.RawMessage, wide bool) error {
 		for _, s := range p.Status.Skipped {
 			skipped = append(skipped, s.Machine)
 		}
-		fmt.Fprintf(tw, "%s\t%s\t%v\t%s\t%s\t%s\t%s", p.Name, p.Type, p.IsEnabled(), dash(p.Selector), dash(p.Status.Rollout), dash(strings.Join(skipped, ",")), dash(p.Status.Message))
+		fmt.Fprintf(tw, "%s\t%s\t%v\t%s\t%s\t%s\t%s", p.Name, p.Type, p.IsEnabled(), tables.Dash(p.Selector), tables.Dash(p.Status.Rollout), tables.Dash(strings.Join(skipped, ",")), tables.Dash(p.Status.Message))
 		if wide {
 			mf := "default"
 			if p.MaxFailures != nil {
 				mf = fmt.Sprint(*p.MaxFailures)
 			}
-			fmt.Fprintf(tw, "\tbatchSize=%d maxUnavailable=%d maxFailures=%s pauseBetween=%s workflow=%s", p.BatchSize, p.MaxUnavailable, mf, dash(p.PauseBetween), dash(p.Workflow))
+			fmt.Fprintf(tw, "\tbatchSize=%d maxUnavailable=%d maxFailures=%s pauseBetween=%s workflow=%s", p.BatchSize, p.MaxUnavailable, mf, tables.Dash(p.PauseBetween), tables.Dash(p.Workflow))
 		}
 		fmt.Fprintln(tw)
 	}

@@ -6,6 +6,7 @@ import (
 	"slices"
 	"time"
 
+	"github.com/drover-project/drover/api"
 	"github.com/drover-project/drover/internal/store"
 )
 
@@ -18,10 +19,10 @@ import (
 // so a client always sees its own writes.
 type listCache struct {
 	present func(store.Record) ([]byte, error)
-	// summarize makes the summary view of a presented object (nil: the
-	// summary view is the full one).
-	summarize func([]byte) ([]byte, error)
-	follower  *store.Follower
+	// views makes the summary view and the table row of a presented
+	// object (nil: the summary view is the full one, and no rows).
+	views    func(full []byte) (summary, row []byte, err error)
+	follower *store.Follower
 
 	// Guarded by the follower's lock.
 	names []string // sorted
@@ -32,10 +33,11 @@ type cachedItem struct {
 	labels  map[string]string
 	data    []byte // presented JSON
 	summary []byte // the summary view (same as data when there is none)
+	row     []byte // the table row: a JSON array of strings
 }
 
-func newListCache(kind string, st store.Store, present func(store.Record) ([]byte, error), summarize func([]byte) ([]byte, error), log *slog.Logger) *listCache {
-	c := &listCache{present: present, summarize: summarize}
+func newListCache(kind string, st store.Store, present func(store.Record) ([]byte, error), views func([]byte) (summary, row []byte, err error), log *slog.Logger) *listCache {
+	c := &listCache{present: present, views: views}
 	c.follower = store.NewFollower(st, kind, "list cache", log, c.reset, c.apply)
 	return c
 }
@@ -64,39 +66,43 @@ func (c *listCache) item(rec store.Record) (cachedItem, error) {
 		return cachedItem{}, err
 	}
 	it := cachedItem{labels: rec.Labels, data: data, summary: data}
-	if c.summarize != nil {
-		if it.summary, err = c.summarize(data); err != nil {
+	if c.views != nil {
+		if it.summary, it.row, err = c.views(data); err != nil {
 			return cachedItem{}, err
 		}
 	}
 	return it, nil
 }
 
-func (c *listCache) apply(ev store.Event) error {
+// apply presents the object (outside the follower's lock) and returns the
+// change to the cache.
+func (c *listCache) apply(ev store.Event) (func(), error) {
 	name := ev.Record.Name
-	i, found := slices.BinarySearch(c.names, name)
 	if ev.Type == store.EventDelete {
-		if found {
-			c.names = slices.Delete(c.names, i, i+1)
-			delete(c.items, name)
-		}
-		return nil
+		return func() {
+			if i, found := slices.BinarySearch(c.names, name); found {
+				c.names = slices.Delete(c.names, i, i+1)
+				delete(c.items, name)
+			}
+		}, nil
 	}
 	it, err := c.item(ev.Record)
 	if err != nil {
-		return err
+		return nil, err
 	}
-	if !found {
-		c.names = slices.Insert(c.names, i, name)
-	}
-	c.items[name] = it
-	return nil
+	return func() {
+		if i, found := slices.BinarySearch(c.names, name); !found {
+			c.names = slices.Insert(c.names, i, name)
+		}
+		c.items[name] = it
+	}, nil
 }
 
-// snapshot returns the presented objects (or their summaries) matching sel,
-// sorted by name, as of a revision at least minRev. It waits up to wait for
-// the cache to get there, else returns store.ErrBehind.
-func (c *listCache) snapshot(ctx context.Context, minRev int64, sel store.Selector, summary bool, wait time.Duration) ([][]byte, int64, error) {
+// snapshot returns the presented objects matching sel in a view (api.ViewFull,
+// ViewSummary or ViewTable: their rows), sorted by name, as of a revision
+// at least minRev. It waits up to wait for the cache to get there, else
+// returns store.ErrBehind.
+func (c *listCache) snapshot(ctx context.Context, minRev int64, sel store.Selector, view string, wait time.Duration) ([][]byte, int64, error) {
 	var out [][]byte
 	var at int64
 	err := c.follower.Read(ctx, minRev, wait, func(rev int64) {
@@ -106,8 +112,10 @@ func (c *listCache) snapshot(ctx context.Context, minRev int64, sel store.Select
 			it := c.items[n]
 			switch {
 			case sel != nil && !sel.Matches(it.labels):
-			case summary:
+			case view == api.ViewSummary:
 				out = append(out, it.summary)
+			case view == api.ViewTable:
+				out = append(out, it.row)
 			default:
 				out = append(out, it.data)
 			}

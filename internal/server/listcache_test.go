@@ -9,6 +9,7 @@ import (
 	"io"
 	"log/slog"
 	"path/filepath"
+	"reflect"
 	"strings"
 	"sync"
 	"testing"
@@ -18,6 +19,7 @@ import (
 	"github.com/drover-project/drover/internal/labels"
 	"github.com/drover-project/drover/internal/store"
 	"github.com/drover-project/drover/internal/store/bolt"
+	"github.com/drover-project/drover/internal/tables"
 )
 
 type syncBuffer struct {
@@ -95,7 +97,7 @@ func TestListCacheFollowsTheStore(t *testing.T) {
 
 	snap := func(minRev int64, sel store.Selector) string {
 		t.Helper()
-		items, rev, err := lc.snapshot(ctx, minRev, sel, false, 5*time.Second)
+		items, rev, err := lc.snapshot(ctx, minRev, sel, api.ViewFull, 5*time.Second)
 		if err != nil {
 			t.Fatalf("snapshot at %d: %v", minRev, err)
 		}
@@ -165,7 +167,7 @@ func TestListCacheBehindTimesOut(t *testing.T) {
 	lc := newListCache("Machine", st, rawPresent, nil, slog.New(slog.NewTextHandler(io.Discard, nil)))
 	// Not running: never ready.
 	start := time.Now()
-	if _, _, err := lc.snapshot(context.Background(), 0, nil, false, 200*time.Millisecond); !errors.Is(err, store.ErrBehind) {
+	if _, _, err := lc.snapshot(context.Background(), 0, nil, api.ViewFull, 200*time.Millisecond); !errors.Is(err, store.ErrBehind) {
 		t.Fatalf("snapshot of a cache not running = %v, want store.ErrBehind", err)
 	}
 	if time.Since(start) > 2*time.Second {
@@ -230,5 +232,61 @@ func TestMachineListViews(t *testing.T) {
 		if !strings.Contains(string(l.Items[len(l.Items)-1]), `"name":"`+name+`"`) {
 			t.Fatalf("list right after creating %s does not end with it", name)
 		}
+	}
+}
+
+// The table view answers the rows `drover get machines` prints, the same
+// rows the CLI would make from the full objects, for the selected machines.
+func TestMachineTableView(t *testing.T) {
+	e := startServer(t, nil)
+	ctx := context.Background()
+	e.agent("n1")
+	e.mustApply(e.admin,
+		&api.Machine{Meta: api.Meta{Kind: api.KindMachine, Name: "n2", Labels: map[string]string{"rack": "r1"}}, Profiles: []string{"p1"}},
+		&api.Machine{Meta: api.Meta{Kind: api.KindMachine, Name: "n3", Labels: map[string]string{"rack": "r2"}}})
+	full, err := e.admin.ListView(ctx, "machines", "", api.ViewFull)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tab, err := e.admin.Table(ctx, "machines", "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if tab.Kind != api.KindTable || tab.Of != api.KindMachine || tab.Revision != full.Revision {
+		t.Fatalf("table kind %q of %q at %d, want Table of Machine at %d", tab.Kind, tab.Of, tab.Revision, full.Revision)
+	}
+	if !reflect.DeepEqual(tab.Columns, tables.MachineColumns) {
+		t.Fatalf("columns %+v", tab.Columns)
+	}
+	if len(tab.Rows) != len(full.Items) {
+		t.Fatalf("%d rows for %d machines", len(tab.Rows), len(full.Items))
+	}
+	for i, raw := range full.Items {
+		var m api.Machine
+		if err := json.Unmarshal(raw, &m); err != nil {
+			t.Fatal(err)
+		}
+		if want := tables.MachineRow(&m); !reflect.DeepEqual(tab.Rows[i], want) {
+			t.Errorf("row %d = %q, want %q", i, tab.Rows[i], want)
+		}
+	}
+	if got := tab.Rows[0][3]; got != "yes" {
+		t.Errorf("n1's agent is connected but REACHABLE is %q", got)
+	}
+	if cpus := tab.Rows[0][7]; cpus == "-" || cpus == "" {
+		t.Errorf("n1's CPUS cell is %q: the hardware summary is missing", cpus)
+	}
+	sel, err := e.admin.Table(ctx, "machines", "rack=r1")
+	if err != nil || len(sel.Rows) != 1 || sel.Rows[0][1] != "n2" {
+		t.Fatalf("rack=r1: %v, %q", err, sel.Rows)
+	}
+	// Only machines have rows made by the server.
+	if _, err := e.admin.Table(ctx, "profiles", ""); err == nil || !strings.Contains(err.Error(), "only machines") {
+		t.Fatalf("table of profiles: %v", err)
+	}
+	// A write is in the next table.
+	e.mustApply(e.admin, &api.Machine{Meta: api.Meta{Kind: api.KindMachine, Name: "n4"}})
+	if tab, err = e.admin.Table(ctx, "machines", ""); err != nil || len(tab.Rows) != 4 || tab.Rows[3][1] != "n4" {
+		t.Fatalf("table after creating n4: %v, %q", err, tab.Rows)
 	}
 }

@@ -20,6 +20,7 @@ import (
 	"github.com/drover-project/drover/internal/model"
 	"github.com/drover-project/drover/internal/render"
 	"github.com/drover-project/drover/internal/store"
+	"github.com/drover-project/drover/internal/tables"
 )
 
 // maskedValue replaces secure param values in API output.
@@ -124,14 +125,29 @@ func (s *Server) handleList(w http.ResponseWriter, r *http.Request, p *principal
 		}
 		opts.Selector = ls
 	}
-	summary := false
-	switch v := r.URL.Query().Get("view"); v {
+	view := r.URL.Query().Get("view")
+	switch view {
 	case "", api.ViewFull:
+		view = api.ViewFull
 	case api.ViewSummary:
-		summary = k.Kind == api.KindMachine
+		if k.Kind != api.KindMachine {
+			view = api.ViewFull // only machines have a summary
+		}
+	case api.ViewTable:
+		if k.Kind != api.KindMachine {
+			writeError(w, badRequest("view %s: only machines have one (use %s)", view, api.ViewFull))
+			return
+		}
 	default:
-		writeError(w, badRequest("view %q: use %s or %s", v, api.ViewFull, api.ViewSummary))
+		writeError(w, badRequest("view %q: use %s, %s or %s", view, api.ViewFull, api.ViewSummary, api.ViewTable))
 		return
+	}
+	head := func(rev int64) string { return fmt.Sprintf(`{"kind":%q,"revision":%d,"items":[`, k.Kind, rev) }
+	if view == api.ViewTable {
+		cols, _ := json.Marshal(tables.MachineColumns)
+		head = func(rev int64) string {
+			return fmt.Sprintf(`{"kind":%q,"of":%q,"revision":%d,"columns":%s,"rows":[`, api.KindTable, k.Kind, rev, cols)
+		}
 	}
 	if lc := s.lists[k.Kind]; lc != nil {
 		// The cache answers once it holds what the store holds now.
@@ -140,9 +156,9 @@ func (s *Server) handleList(w http.ResponseWriter, r *http.Request, p *principal
 			writeError(w, err)
 			return
 		}
-		items, rev, err := lc.snapshot(r.Context(), cur, opts.Selector, summary, 2*time.Second)
+		items, rev, err := lc.snapshot(r.Context(), cur, opts.Selector, view, 2*time.Second)
 		if err == nil {
-			writeList(w, k.Kind, rev, len(items), func(i int, bw *bufio.Writer) { bw.Write(items[i]) })
+			writeList(w, head(rev), len(items), func(i int, bw *bufio.Writer) { bw.Write(items[i]) })
 			return
 		}
 		if r.Context().Err() != nil {
@@ -155,15 +171,21 @@ func (s *Server) handleList(w http.ResponseWriter, r *http.Request, p *principal
 		writeError(w, err)
 		return
 	}
-	writeList(w, k.Kind, rev, len(recs), func(i int, bw *bufio.Writer) {
+	writeList(w, head(rev), len(recs), func(i int, bw *bufio.Writer) {
 		rec := recs[i]
-		if !s.needsMasking(rec) && !summary {
+		if !s.needsMasking(rec) && view == api.ViewFull {
 			model.WriteRaw(bw, rec)
 			return
 		}
 		item, err := s.present(rec)
-		if err == nil && summary {
-			item, err = summarizeMachine(item)
+		if err == nil && view != api.ViewFull {
+			var summary, row []byte
+			summary, row, err = machineViews(item)
+			if view == api.ViewSummary {
+				item = summary
+			} else {
+				item = row
+			}
 		}
 		if err != nil {
 			// Headers are gone: cut the response so the client sees an
@@ -175,30 +197,34 @@ func (s *Server) handleList(w http.ResponseWriter, r *http.Request, p *principal
 	})
 }
 
-// summarizeMachine makes the summary view of a presented machine: without
-// the inventory, with its hardware summary.
-func summarizeMachine(full []byte) ([]byte, error) {
+// machineViews makes the summary view of a presented machine (without the
+// inventory, with its hardware summary) and its table row.
+func machineViews(full []byte) (summary, row []byte, err error) {
 	var m api.Machine
 	if err := json.Unmarshal(full, &m); err != nil {
-		return nil, err
+		return nil, nil, err
+	}
+	if row, err = json.Marshal(tables.MachineRow(&m)); err != nil {
+		return nil, nil, err
 	}
 	inv := m.Status.Inventory
 	if inv == nil {
-		return full, nil
+		return full, row, nil
 	}
 	if m.Status.Hardware == nil {
 		m.Status.Hardware = inv.Summary()
 	}
 	m.Status.Inventory = nil
-	return json.Marshal(&m)
+	summary, err = json.Marshal(&m)
+	return summary, row, err
 }
 
 var listWriters = sync.Pool{New: func() any { return bufio.NewWriterSize(nil, 512<<10) }}
 
 // writeList streams a list: a list of ten thousand machines is tens of MB,
 // and building it in one buffer first would double the memory and delay
-// the first byte.
-func writeList(w http.ResponseWriter, kind string, rev int64, n int, item func(i int, bw *bufio.Writer)) {
+// the first byte. head opens the answer up to its array's '['.
+func writeList(w http.ResponseWriter, head string, n int, item func(i int, bw *bufio.Writer)) {
 	w.Header().Set("Content-Type", "application/json")
 	w.WriteHeader(http.StatusOK)
 	// Under HTTP/2 every Write of the handler is a hand-off to the
@@ -211,7 +237,7 @@ func writeList(w http.ResponseWriter, kind string, rev int64, n int, item func(i
 		bw.Reset(nil)
 		listWriters.Put(bw)
 	}()
-	fmt.Fprintf(bw, `{"kind":%q,"revision":%d,"items":[`, kind, rev)
+	bw.WriteString(head)
 	for i := range n {
 		if i > 0 {
 			bw.WriteByte(',')
@@ -878,4 +904,10 @@ type labelIs struct{ key, value string }
 func (l labelIs) Matches(set map[string]string) bool {
 	v, ok := set[l.key]
 	return ok && v == l.value
+}
+
+// summarizeMachine makes the summary view of a presented machine.
+func summarizeMachine(full []byte) ([]byte, error) {
+	summary, _, err := machineViews(full)
+	return summary, err
 }

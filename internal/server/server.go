@@ -182,7 +182,7 @@ func New(cfg Config) (*Server, error) {
 		})
 	}
 	s.lists = map[string]*listCache{
-		api.KindMachine: newListCache(api.KindMachine, s.st, s.present, summarizeMachine, s.log),
+		api.KindMachine: newListCache(api.KindMachine, s.st, s.present, machineViews, s.log),
 	}
 	return s, nil
 }

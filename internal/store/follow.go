@@ -16,9 +16,12 @@ var ErrBehind = errors.New("the in-memory view is behind the store")
 // stream (the Kubernetes informer, in small): it lists, then follows the
 // watch from the list's revision, and lists again after a backoff when the
 // stream ends (the view fell behind, or history was compacted). The view's
-// data belongs to its owner: the follower calls reset with a fresh list and
-// apply with each event of the kind, both under its write lock, and Read's
-// callback under its read lock. A revision counts as held only once all of
+// data belongs to its owner: the follower calls reset with a fresh list
+// under its write lock; for each event of the kind it calls apply outside
+// the lock (decoding and the like, which must not touch the view) and the
+// commit apply returns under the write lock, so that readers never wait
+// for more than the change itself; Read's callback runs under the read
+// lock. A revision counts as held only once all of
 // its events are applied (Event.Last), so a reader never sees half a
 // transaction, and a reader asking for the store's current revision sees
 // every write acknowledged before it asked.
@@ -28,7 +31,7 @@ type Follower struct {
 	what  string // names the view in logs
 	log   *slog.Logger
 	reset func([]Record) error
-	apply func(Event) error
+	apply func(Event) (commit func(), err error)
 
 	mu      sync.RWMutex
 	rev     int64 // the view holds the store as of rev
@@ -37,7 +40,7 @@ type Follower struct {
 }
 
 // NewFollower makes a follower of kind; Run keeps it current.
-func NewFollower(st Store, kind, what string, log *slog.Logger, reset func([]Record) error, apply func(Event) error) *Follower {
+func NewFollower(st Store, kind, what string, log *slog.Logger, reset func([]Record) error, apply func(Event) (commit func(), err error)) *Follower {
 	if log == nil {
 		log = slog.Default()
 	}
@@ -83,6 +86,15 @@ func (f *Follower) follow(ctx context.Context) error {
 
 	pending := rev // revision of the events being applied
 	for ev := range ch {
+		var commit func()
+		if ev.Record.Kind == f.kind {
+			if commit, err = f.apply(ev); err != nil {
+				f.mu.Lock()
+				f.ready = false
+				f.mu.Unlock()
+				return err
+			}
+		}
 		f.mu.Lock()
 		// A revision is complete once its last event is in; a newer one
 		// starting also proves it.
@@ -90,12 +102,8 @@ func (f *Follower) follow(ctx context.Context) error {
 			f.publishLocked(pending)
 		}
 		pending = ev.Revision
-		if ev.Record.Kind == f.kind {
-			if err := f.apply(ev); err != nil {
-				f.ready = false
-				f.mu.Unlock()
-				return err
-			}
+		if commit != nil {
+			commit()
 		}
 		if ev.Last {
 			f.publishLocked(ev.Revision)

@@ -99,19 +99,25 @@ func entryOf(rec store.Record) entry {
 	return e
 }
 
-func (x *Index) apply(ev store.Event) error {
+// apply decodes the machine (outside the follower's lock) and returns the
+// change to the index.
+func (x *Index) apply(ev store.Event) (func(), error) {
 	name := ev.Record.Name
-	if old, ok := x.byName[name]; ok {
-		x.removeLocked(name, old)
-		delete(x.byName, name)
+	var e entry
+	if ev.Type != store.EventDelete {
+		e = entryOf(ev.Record)
 	}
-	if ev.Type == store.EventDelete {
-		return nil
-	}
-	e := entryOf(ev.Record)
-	x.byName[name] = e
-	x.addLocked(name, e)
-	return nil
+	return func() {
+		if old, ok := x.byName[name]; ok {
+			x.removeLocked(name, old)
+			delete(x.byName, name)
+		}
+		if ev.Type == store.EventDelete {
+			return
+		}
+		x.byName[name] = e
+		x.addLocked(name, e)
+	}, nil
 }
 
 func (x *Index) addLocked(name string, e entry) {
