@@ -51,6 +51,10 @@ type Config struct {
 	// default, 10). Lower it only where logins need not resist guessing,
 	// such as tests.
 	PasswordHashCost int
+	// ExpiredTokenGrace is how long an expired login session or join token
+	// is kept before it is deleted, so that using it is answered "expired"
+	// (default 24h).
+	ExpiredTokenGrace time.Duration
 	// NoDefaultContent skips installing (or upgrading) the content pack
 	// built into the binary at start.
 	NoDefaultContent bool
@@ -293,6 +297,20 @@ func (s *Server) Serve(ctx context.Context) error {
 		go func() {
 			defer wg.Done()
 			lc.run(ctx)
+		}()
+	}
+	grace := s.cfg.ExpiredTokenGrace
+	if grace <= 0 {
+		grace = 24 * time.Hour
+	}
+	for _, x := range []*expiry{
+		newExpiry(api.KindToken, grace, s.st, s.log, tokenExpiry),
+		newExpiry(api.KindJoinToken, grace, s.st, s.log, joinTokenExpiry),
+	} {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			x.run(ctx)
 		}()
 	}
 	if s.dhcp != nil {
