@@ -68,6 +68,9 @@ type ActionRequest struct {
 
 // ActionResult is the outcome for one machine.
 type ActionResult struct {
+	// Site is the site of the machine when a manager forwarded the action
+	// to it (empty: the endpoint's own machine).
+	Site    string `json:"site,omitempty"`
 	Machine string `json:"machine"`
 	Run     string `json:"run,omitempty"`
 	Error   string `json:"error,omitempty"`
@@ -122,6 +125,16 @@ type NextJobRequest struct {
 	// Commands says the agent runs ad-hoc commands (drover run, drover
 	// cp): the answer may carry them, and it comes as soon as one arrives.
 	Commands bool `json:"commands,omitempty"`
+	// Results are results of commands that ended before this poll: a
+	// quick command's result rides on the next poll instead of a request
+	// of its own.
+	Results []CommandReport `json:"results,omitempty"`
+}
+
+// CommandReport is a command's result with its ID.
+type CommandReport struct {
+	ID string `json:"id"`
+	CommandResult
 }
 
 // JobSpec is what an agent runs.

@@ -67,8 +67,12 @@ type Agent struct {
 	// jobDone is closed when the last job started ends.
 	running string
 	jobDone chan struct{}
-	// commands are the ad-hoc commands running, by ID (command.go).
-	commands map[string]context.CancelCauseFunc
+	// commands are the ad-hoc commands running, by ID (command.go);
+	// while collecting, results of those that end go to ready, for the
+	// next poll to carry.
+	commands   map[string]context.CancelCauseFunc
+	collecting bool
+	ready      []api.CommandReport
 }
 
 // New checks the configuration and loads the agent's state.
@@ -227,9 +231,11 @@ func (a *Agent) Run(parent context.Context) error {
 	commands := true
 	for ctx.Err() == nil {
 		var resp api.NextJobResponse
-		req := api.NextJobRequest{Wait: a.cfg.PollWait.String(), Running: a.runningJob(), Commands: commands}
+		req := api.NextJobRequest{Wait: a.cfg.PollWait.String(), Running: a.runningJob(), Commands: commands, Results: a.takeResults()}
 		err := a.do(ctx, http.MethodPost, "/api/v1/agent/jobs/next", req, &resp)
 		if err != nil {
+			// The results may not have arrived: they go on their own.
+			a.reportAll(ctx, &work, req.Results)
 			if ctx.Err() != nil {
 				break
 			}
@@ -250,12 +256,10 @@ func (a *Agent) Run(parent context.Context) error {
 		for _, id := range resp.CancelCommands {
 			a.cancelCommand(id)
 		}
-		for _, c := range resp.Commands {
-			a.startCommand(ctx, &work, c)
-		}
 		if resp.Job != nil {
 			a.startJob(ctx, &work, resp.Job)
 		}
+		a.startCommands(ctx, &work, resp.Commands)
 	}
 	return fatal()
 }

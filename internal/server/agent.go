@@ -215,6 +215,7 @@ func (s *Server) handleNextJob(w http.ResponseWriter, r *http.Request, p *princi
 	}
 	// The poll also brings ad-hoc commands: it ends early when one comes
 	// (the hub cancels ctx), and takes those that came meanwhile.
+	s.completeCommands(p.Machine, req.Results)
 	ctx, poll, cmds := s.cmds.Enter(r.Context(), p.Machine, req.Commands)
 	var spec *api.JobSpec
 	var err error

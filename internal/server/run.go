@@ -377,6 +377,23 @@ func (s *Server) handleCommandResult(w http.ResponseWriter, r *http.Request, p *
 		writeError(w, err)
 		return
 	}
+	if err := s.cmds.Complete(p.Machine, r.PathValue("id"), capResult(res)); err != nil {
+		writeError(w, commandError(err))
+		return
+	}
+	w.WriteHeader(http.StatusNoContent)
+}
+
+// completeCommands takes the results an agent's poll brings. Those of
+// commands the hub no longer holds (cancelled, or already answered by an
+// earlier try) are dropped.
+func (s *Server) completeCommands(machine string, results []api.CommandReport) {
+	for _, r := range results {
+		_ = s.cmds.Complete(machine, r.ID, capResult(r.CommandResult))
+	}
+}
+
+func capResult(res api.CommandResult) api.CommandResult {
 	res.Stdout, res.StdoutDropped = capOutput(res.Stdout, res.StdoutDropped)
 	res.Stderr, res.StderrDropped = capOutput(res.Stderr, res.StderrDropped)
 	if len(res.Detail) > 4096 {
@@ -385,11 +402,7 @@ func (s *Server) handleCommandResult(w http.ResponseWriter, r *http.Request, p *
 	if len(res.Error) > 256 {
 		res.Error = res.Error[:256]
 	}
-	if err := s.cmds.Complete(p.Machine, r.PathValue("id"), res); err != nil {
-		writeError(w, commandError(err))
-		return
-	}
-	w.WriteHeader(http.StatusNoContent)
+	return res
 }
 
 func capOutput(out string, dropped int64) (string, int64) {
