@@ -115,3 +115,23 @@ func (c *Client) EndpointInfo(ctx context.Context) (*EndpointInfo, error) {
 	err := c.Do(ctx, http.MethodGet, "/api/v1/endpoint", nil, &out)
 	return &out, err
 }
+
+// GetAt reads one object into out: of the endpoint itself when site is
+// empty, else (on a manager) the one mirrored from that site.
+func (c *Client) GetAt(ctx context.Context, site, kind, name string, out any) error {
+	path := "/api/v1/objects/" + url.PathEscape(kind) + "/" + url.PathEscape(name)
+	if site != "" {
+		path += "?site=" + url.QueryEscape(site)
+	}
+	return c.Do(ctx, http.MethodGet, path, nil, out)
+}
+
+// DeleteAt deletes an object: of the endpoint itself when site is empty,
+// else (on a manager) on that site, which the manager forwards it to.
+func (c *Client) DeleteAt(ctx context.Context, site, kind, name string) error {
+	path := "/api/v1/objects/" + url.PathEscape(kind) + "/" + url.PathEscape(name)
+	if site != "" {
+		path += "?site=" + url.QueryEscape(site)
+	}
+	return c.Do(ctx, http.MethodDelete, path, nil, nil)
+}

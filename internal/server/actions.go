@@ -69,12 +69,36 @@ func (s *Server) handleAction(w http.ResponseWriter, r *http.Request, p *princip
 			return
 		}
 	}
+	if s.hasSites() {
+		// A manager: the range may name its sites' machines.
+		s.handleActionWithSites(w, r, p, action, req)
+		return
+	}
 	names, err := s.resolveNodes(r.Context(), req.Nodes)
 	if err != nil {
 		writeError(w, err)
 		return
 	}
-	resp := api.ActionResponse{Action: action, Results: make([]api.ActionResult, len(names))}
+	resp := api.ActionResponse{Action: action, Results: s.startLocal(r.Context(), p, action, req, names)}
+	failedCount := 0
+	for _, res := range resp.Results {
+		if res.Error != "" {
+			failedCount++
+		}
+	}
+	status := http.StatusOK
+	if failedCount == len(names) {
+		// Nothing started: say why with a client error, the body has the
+		// per-machine reasons.
+		status = http.StatusConflict
+	}
+	writeJSON(w, status, resp)
+}
+
+// startLocal starts action on this endpoint's machines names, and audits
+// it; it returns each machine's outcome.
+func (s *Server) startLocal(ctx context.Context, p *principal, action string, req api.ActionRequest, names []string) []api.ActionResult {
+	results := make([]api.ActionResult, len(names))
 	// Start machines in parallel: each start is its own transaction, and
 	// concurrent transactions share commits in the store.
 	var failed atomic.Int64
@@ -86,14 +110,14 @@ func (s *Server) handleAction(w http.ResponseWriter, r *http.Request, p *princip
 			defer wg.Done()
 			for i := range work {
 				res := api.ActionResult{Machine: names[i]}
-				run, err := s.eng.StartAction(r.Context(), names[i], action, req.Workflow, p.String())
+				run, err := s.eng.StartAction(ctx, names[i], action, req.Workflow, p.String())
 				if err != nil {
 					res.Error = err.Error()
 					failed.Add(1)
 				} else {
 					res.Run = run.Name
 				}
-				resp.Results[i] = res
+				results[i] = res
 			}
 		}()
 	}
@@ -106,15 +130,9 @@ func (s *Server) handleAction(w http.ResponseWriter, r *http.Request, p *princip
 	if failedCount < len(names) {
 		now := time.Now().UTC()
 		a := s.auditOp(p, action, "machines/"+req.Nodes, fmt.Sprintf("%d started, %d refused", len(names)-failedCount, failedCount), now, 0)
-		_, _, _ = s.st.Txn(r.Context(), []store.Op{a})
+		_, _, _ = s.st.Txn(ctx, []store.Op{a})
 	}
-	status := http.StatusOK
-	if failedCount == len(names) {
-		// Nothing started: say why with a client error, the body has the
-		// per-machine reasons.
-		status = http.StatusConflict
-	}
-	writeJSON(w, status, resp)
+	return results
 }
 
 // handleJobLog streams a job's log; with follow=1 it keeps streaming until

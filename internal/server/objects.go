@@ -60,6 +60,12 @@ func (s *Server) present(rec store.Record) ([]byte, error) {
 			o.SecretHash = ""
 		}
 		return json.Marshal(obj)
+	case api.KindSite:
+		var site api.Site
+		if err := model.Decode(rec, &site); err != nil {
+			return nil, err
+		}
+		return json.Marshal(s.siteView(&site))
 	case api.KindMachine, api.KindProfile, api.KindParam:
 		if !bytes.Contains(rec.Data, []byte(`"enc:v1:`)) {
 			return model.Raw(rec), nil
@@ -148,6 +154,9 @@ func (s *Server) handleList(w http.ResponseWriter, r *http.Request, p *principal
 		head = func(rev int64) string {
 			return fmt.Sprintf(`{"kind":%q,"of":%q,"revision":%d,"columns":%s,"rows":[`, api.KindTable, k.Kind, rev, cols)
 		}
+	}
+	if s.listWithSites(w, r, k.Kind, opts.Selector, view, head) {
+		return
 	}
 	if lc := s.lists[k.Kind]; lc != nil {
 		// The cache answers once it holds what the store holds now.
@@ -251,7 +260,7 @@ func writeList(w http.ResponseWriter, head string, n int, item func(i int, bw *b
 // needsMasking reports whether a record must be decoded before it is shown.
 func (s *Server) needsMasking(rec store.Record) bool {
 	switch rec.Kind {
-	case api.KindUser, api.KindToken, api.KindJoinToken:
+	case api.KindUser, api.KindToken, api.KindJoinToken, api.KindSite:
 		return true
 	case api.KindMachine, api.KindProfile, api.KindParam:
 		return bytes.Contains(rec.Data, []byte(`"enc:v1:`))
@@ -265,10 +274,14 @@ func (s *Server) handleGet(w http.ResponseWriter, r *http.Request, p *principal)
 		return
 	}
 	name := r.PathValue("name")
+	if site := r.URL.Query().Get("site"); site != "" {
+		s.handleGetMirrored(w, k.Kind, name, site)
+		return
+	}
 	rec, err := s.st.Get(r.Context(), k.Kind, name)
 	if err != nil {
 		if errors.Is(err, store.ErrNotFound) {
-			writeError(w, apiError(http.StatusNotFound, "not_found", "%s %q not found", k.Kind, name))
+			writeError(w, s.notFoundHere(k.Kind, name))
 			return
 		}
 		writeError(w, err)
@@ -334,6 +347,9 @@ func (s *Server) handlePut(w http.ResponseWriter, r *http.Request, p *principal)
 		writeError(w, err)
 		return
 	}
+	if s.forwardPut(w, r, p, k, raw) {
+		return
+	}
 	var head struct{ Kind, Name string }
 	_ = json.Unmarshal(raw, &head)
 	if head.Kind != k.Kind || head.Name != r.PathValue("name") {
@@ -356,6 +372,9 @@ func (s *Server) handleApply(w http.ResponseWriter, r *http.Request, p *principa
 	}
 	if len(req.Documents) == 0 {
 		writeError(w, badRequest("no documents to apply"))
+		return
+	}
+	if s.forwardApply(w, r, p, req.Documents) {
 		return
 	}
 	resp, err := s.apply(r.Context(), p, req.Documents)
@@ -812,6 +831,13 @@ func (s *Server) handleDelete(w http.ResponseWriter, r *http.Request, p *princip
 		writeError(w, forbidden(p, "delete "+k.Plural))
 		return
 	}
+	if k.Kind == api.KindSite {
+		s.handleRemoveSite(w, r, p)
+		return
+	}
+	if s.forwardDelete(w, r, p, k) {
+		return
+	}
 	name := r.PathValue("name")
 	var expect int64
 	if v := r.URL.Query().Get("revision"); v != "" {
@@ -821,8 +847,16 @@ func (s *Server) handleDelete(w http.ResponseWriter, r *http.Request, p *princip
 		}
 	}
 	if k.Kind == api.KindUser && name == p.User {
-		writeError(w, apiError(http.StatusConflict, "conflict", "you cannot delete your own user"))
-		return
+		// self=1 is how a manager removes its own user from a site it
+		// drops; a person is kept from locking themselves out by mistake.
+		if r.URL.Query().Get("self") == "" {
+			writeError(w, apiError(http.StatusConflict, "conflict", "you cannot delete your own user"))
+			return
+		}
+		if err := s.otherAdminExists(r.Context(), name); err != nil {
+			writeError(w, err)
+			return
+		}
 	}
 	switch k.Kind {
 	case api.KindMachine:
@@ -875,7 +909,7 @@ func (s *Server) handleDelete(w http.ResponseWriter, r *http.Request, p *princip
 	_, rev, err := s.st.Txn(r.Context(), ops)
 	if err != nil {
 		if errors.Is(err, store.ErrNotFound) {
-			writeError(w, apiError(http.StatusNotFound, "not_found", "%s %q not found", k.Kind, name))
+			writeError(w, s.notFoundHere(k.Kind, name))
 			return
 		}
 		writeError(w, err)

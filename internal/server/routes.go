@@ -36,6 +36,9 @@ func (s *Server) routes(ctx context.Context) http.Handler {
 	}))
 	mux.HandleFunc("POST /api/v1/login", s.handleLogin)
 	mux.HandleFunc("GET /api/v1/whoami", s.withAuth(s.handleWhoami))
+	mux.HandleFunc("GET /api/v1/endpoint", s.userOnly(s.handleEndpointInfo))
+	mux.HandleFunc("POST /api/v1/sites", s.userOnly(s.handleAddSite))
+	mux.HandleFunc("DELETE /api/v1/sites/{name}", s.userOnly(s.handleRemoveSite))
 
 	mux.HandleFunc("GET /api/v1/objects/{kind}", s.userOnly(s.handleList))
 	mux.HandleFunc("GET /api/v1/objects/{kind}/{name...}", s.userOnly(s.handleGet))

@@ -105,6 +105,10 @@ type Server struct {
 	dhcp *dhcp.Server
 	// boot are the HTTP boot and TFTP servers (boot.go).
 	boot *bootServices
+	// endpointID is this endpoint's stable id (DATA_DIR/endpoint-id).
+	endpointID string
+	// sites mirror the sites registered with this endpoint (sites.go).
+	sites *siteSet
 	// cmds holds ad-hoc commands (drover run, drover cp) in memory (run.go).
 	cmds *adhoc.Hub
 
@@ -132,6 +136,7 @@ func New(cfg Config) (*Server, error) {
 		return nil, err
 	}
 	s := &Server{cfg: cfg, log: cfg.Logger, started: time.Now(), metrics: newMetrics()}
+	s.sites = newSiteSet(s)
 	var bootAddr netip.Addr
 	if cfg.BootAddress != "" {
 		a, err := netip.ParseAddr(cfg.BootAddress)
@@ -155,6 +160,9 @@ func New(cfg Config) (*Server, error) {
 	s.box, err = secrets.OpenBox(filepath.Join(cfg.DataDir, "secret.key"))
 	if err != nil {
 		return nil, fmt.Errorf("secrets: %w", err)
+	}
+	if s.endpointID, err = ensureEndpointID(cfg.DataDir); err != nil {
+		return nil, fmt.Errorf("endpoint id: %w", err)
 	}
 	s.st, err = bolt.Open(filepath.Join(cfg.DataDir, "drover.db"), bolt.Options{RetainEvents: cfg.RetainEvents})
 	if err != nil {
@@ -323,6 +331,7 @@ func (s *Server) Serve(ctx context.Context) error {
 		}()
 	}
 	s.serveBoot(ctx, &wg)
+	s.sites.run(ctx, &wg)
 	tlsCfg := s.tls.TLSConfig()
 	// HTTP/2 lets an agent's long poll, heartbeats and log uploads share one
 	// connection.
