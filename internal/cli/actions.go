@@ -62,16 +62,24 @@ param ` + action + `/workflow of each machine.`,
 			}
 			out, errw := cmd.OutOrStdout(), cmd.ErrOrStderr()
 			runs := map[string]string{}
+			runSites := map[string]string{} // runs a manager started on its sites
 			refused := 0
 			for _, r := range resp.Results {
+				node := r.Machine
+				if r.Site != "" {
+					node = r.Site + "%" + r.Machine
+				}
 				if r.Error != "" {
 					refused++
-					fmt.Fprintf(errw, "%s: %s\n", r.Machine, r.Error)
+					fmt.Fprintf(errw, "%s: %s\n", node, r.Error)
 					continue
 				}
-				runs[r.Run] = r.Machine
+				runs[r.Run] = node
+				if r.Site != "" {
+					runSites[r.Run] = r.Site
+				}
 				if !wait {
-					fmt.Fprintf(out, "%s: %s started (run %s)\n", r.Machine, action, r.Run)
+					fmt.Fprintf(out, "%s: %s started (run %s)\n", node, action, r.Run)
 				}
 			}
 			if len(runs) == 0 {
@@ -88,7 +96,12 @@ param ` + action + `/workflow of each machine.`,
 				ctx, cancel = context.WithTimeout(ctx, timeout)
 				defer cancel()
 			}
-			failed, err := waitRuns(ctx, c, action, before.Revision, runs, out, errw)
+			var failed int
+			if len(runSites) > 0 {
+				failed, err = waitAcrossSites(ctx, c, action, runs, runSites, out, errw)
+			} else {
+				failed, err = waitRuns(ctx, c, action, before.Revision, runs, out, errw)
+			}
 			if err != nil {
 				return err
 			}

@@ -132,7 +132,7 @@ func locateDocument(msg string, origins []docOrigin) string {
 }
 
 func newGetCmd() *cobra.Command {
-	var selector, output string
+	var selector, output, site string
 	var effective bool
 	cmd := &cobra.Command{
 		Use:   "get KIND [NAME]",
@@ -152,8 +152,14 @@ func newGetCmd() *cobra.Command {
 				return err
 			}
 			out := cmd.OutOrStdout()
+			if site != "" && len(args) == 1 {
+				selector = withSiteSelector(selector, site)
+			}
 			if len(args) == 2 {
 				if effective {
+					if site != "" {
+						return fmt.Errorf("--effective is not available for a site's machine: ask the site itself")
+					}
 					if k.Kind != api.KindMachine {
 						return fmt.Errorf("--effective is for machines")
 					}
@@ -179,7 +185,7 @@ func newGetCmd() *cobra.Command {
 					return tw.Flush()
 				}
 				var raw json.RawMessage
-				if err := c.Get(cmd.Context(), k.Plural, args[1], &raw); err != nil {
+				if err := c.GetAt(cmd.Context(), site, k.Plural, args[1], &raw); err != nil {
 					return err
 				}
 				if output == "table" || output == "wide" {
@@ -228,10 +234,11 @@ func newGetCmd() *cobra.Command {
 				fmt.Fprintf(cmd.ErrOrStderr(), "no %s\n", k.Plural)
 				return nil
 			}
-			return printTable(out, k.Kind, list.Items, output == "wide")
+			return printTableBySite(out, k.Kind, list.Items, output == "wide")
 		},
 	}
 	addClientFlags(cmd)
+	cmd.Flags().StringVar(&site, "site", "", "on a manager: the object of this site (its mirror); with a list, the same as -l site=NAME")
 	cmd.Flags().StringVarP(&selector, "selector", "l", "", "label selector (role=compute,env!=prod)")
 	cmd.Flags().StringVarP(&output, "output", "o", "table", "table, wide, json or yaml")
 	cmd.Flags().BoolVar(&effective, "effective", false, "for a machine: every param it sees and where it comes from")
@@ -435,6 +442,7 @@ func printTable(w io.Writer, kind string, items []json.RawMessage, wide bool) er
 }
 
 func newDeleteCmd() *cobra.Command {
+	var site string
 	cmd := &cobra.Command{
 		Use:   "delete KIND NAME...",
 		Short: "Delete objects",
@@ -449,7 +457,7 @@ func newDeleteCmd() *cobra.Command {
 				return err
 			}
 			for _, name := range args[1:] {
-				if err := c.Delete(cmd.Context(), k.Plural, name); err != nil {
+				if err := c.DeleteAt(cmd.Context(), site, k.Plural, name); err != nil {
 					return err
 				}
 				fmt.Fprintf(cmd.OutOrStdout(), "%s/%s deleted\n", strings.ToLower(k.Kind), name)
@@ -458,6 +466,7 @@ func newDeleteCmd() *cobra.Command {
 		},
 	}
 	addClientFlags(cmd)
+	cmd.Flags().StringVar(&site, "site", "", "on a manager: delete the object on this site (the manager forwards it)")
 	return cmd
 }
 

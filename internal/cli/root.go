@@ -86,6 +86,7 @@ func NewRoot(stdin io.Reader, stdout, stderr io.Writer) *cobra.Command {
 		newContentCmd(),
 		newRunCmd(),
 		newCopyCmd(),
+		newSitesCmd(),
 	)
 	for _, a := range []string{api.ActionCommission, api.ActionDeploy, api.ActionUpgrade, api.ActionDecommission, api.ActionVerify} {
 		root.AddCommand(newActionCmd(a))
