@@ -17,6 +17,7 @@ type metrics struct {
 	authFailures   atomic.Int64
 	jobsDispatched atomic.Int64
 	jobsCompleted  atomic.Int64
+	agentsHeld     atomic.Int64
 }
 
 func newMetrics() *metrics { return &metrics{} }
@@ -34,6 +35,7 @@ func (s *Server) handleMetrics(w http.ResponseWriter, r *http.Request, _ *princi
 	p("drover_auth_failures_total", "Requests refused for bad credentials.", "counter", s.metrics.authFailures.Load())
 	p("drover_jobs_dispatched_total", "Jobs handed to agents.", "counter", s.metrics.jobsDispatched.Load())
 	p("drover_jobs_completed_total", "Job results reported by agents.", "counter", s.metrics.jobsCompleted.Load())
+	p("drover_agent_requests_held_total", "Agent requests that waited for people's requests to finish first.", "counter", s.metrics.agentsHeld.Load())
 	p("drover_jobs_running", "Jobs running now.", "gauge", st.Running)
 	p("drover_jobs_queued", "Jobs waiting for a slot or their agent.", "gauge", st.Queued)
 	p("drover_jobs_max_concurrent", "The global limit on running jobs.", "gauge", st.Max)
@@ -56,11 +58,11 @@ func writeDHCPMetrics(w io.Writer, st *dhcp.Stats) {
 	c("drover_dhcp_packets_received_total", "DHCP packets received.", st.Received.Load())
 	c("drover_dhcp_packets_malformed_total", "DHCP packets that did not parse (not answered).", st.Malformed.Load())
 	c("drover_dhcp_packets_ignored_total", "DHCP packets not answered (unknown machines with --dhcp-only-known, other servers' requests...).", st.Ignored.Load())
-	fmt.Fprintf(w, "# HELP drover_dhcp_replies_total DHCP replies sent, by type.\n# TYPE drover_dhcp_replies_total counter\n")
+	fmt.Fprintf(w, "# HELP drover_dhcp_replies_total DHCP replies sent, by type (proxy_ack: DHCPACKs to PXE clients on the proxy DHCP port 4011).\n# TYPE drover_dhcp_replies_total counter\n")
 	for _, r := range []struct {
 		typ string
 		v   int64
-	}{{"offer", st.Offers.Load()}, {"ack", st.Acks.Load()}, {"nak", st.Naks.Load()}, {"inform", st.Inform.Load()}} {
+	}{{"offer", st.Offers.Load()}, {"ack", st.Acks.Load()}, {"nak", st.Naks.Load()}, {"inform", st.Inform.Load()}, {"proxy_ack", st.ProxyAcks.Load()}} {
 		fmt.Fprintf(w, "drover_dhcp_replies_total{type=%q} %d\n", r.typ, r.v)
 	}
 	c("drover_dhcp_releases_total", "DHCPRELEASEs handled.", st.Releases.Load())

@@ -13,12 +13,14 @@ func TestDHCPMetrics(t *testing.T) {
 	st.Offers.Add(3)
 	st.Acks.Add(2)
 	st.LeaseWrites.Add(2)
+	st.ProxyAcks.Add(4)
 	var b strings.Builder
 	writeDHCPMetrics(&b, &st)
 	for _, want := range []string{
 		"drover_dhcp_packets_received_total 7\n",
 		`drover_dhcp_replies_total{type="offer"} 3` + "\n",
 		`drover_dhcp_replies_total{type="ack"} 2` + "\n",
+		`drover_dhcp_replies_total{type="proxy_ack"} 4` + "\n",
 		"drover_dhcp_lease_writes_total 2\n",
 		"# TYPE drover_dhcp_replies_total counter\n",
 	} {

@@ -21,7 +21,9 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/drover-project/drover/api"
 	"github.com/drover-project/drover/internal/model"
+	"github.com/drover-project/drover/internal/netns"
 	"github.com/drover-project/drover/internal/store"
 	"golang.org/x/net/ipv4"
 )
@@ -48,6 +50,9 @@ type Config struct {
 	Logger       *slog.Logger
 	// Port is the server port to listen on; default 67 (tests use others).
 	Port int
+	// ProxyPort is the PXE boot server port, open while a subnet is in
+	// proxy mode; default DefaultProxyPort (4011).
+	ProxyPort int
 }
 
 // Timing.
@@ -68,6 +73,8 @@ type Stats struct {
 	Received, Malformed, Ignored                   atomic.Int64
 	Offers, Acks, Naks, Releases, Declines, Inform atomic.Int64
 	LeaseWrites, LeaseWriteErrors                  atomic.Int64
+	// ProxyAcks are the DHCPACKs sent on the PXE boot server port.
+	ProxyAcks atomic.Int64
 }
 
 // Server is a DHCPv4 server driven by the store.
@@ -86,6 +93,12 @@ type Server struct {
 	commits chan *commit
 	ready   chan struct{}
 	Stats   Stats
+
+	// ns is the network namespace Listen ran in, where the proxy port is
+	// opened later; proxy is that port while a subnet is in proxy mode.
+	ns      *netns.Handle
+	proxyMu sync.Mutex
+	proxy   *proxyPort
 }
 
 // link is one interface the server answers on.
@@ -134,6 +147,9 @@ func New(st store.Store, cfg Config) *Server {
 	if cfg.Port == 0 {
 		cfg.Port = 67
 	}
+	if cfg.ProxyPort == 0 {
+		cfg.ProxyPort = DefaultProxyPort
+	}
 	if cfg.HTTPBootFile == "" {
 		cfg.HTTPBootFile = "ipxe.efi"
 	}
@@ -156,7 +172,8 @@ func New(st store.Store, cfg Config) *Server {
 // Listen opens one socket per configured interface and reads the
 // interfaces' IPv4 addresses (which pick the subnet of requests that are
 // not relayed). Sockets and addresses belong to the network namespace of
-// the calling thread.
+// the calling thread; the proxy port (4011) is opened later in the same
+// one, while a subnet is in proxy mode.
 func (s *Server) Listen() error {
 	if len(s.cfg.Interfaces) == 0 {
 		return errors.New("dhcp: no interface to serve on (--dhcp-interface)")
@@ -191,6 +208,12 @@ func (s *Server) Listen() error {
 		}
 		s.addLink(&link{name: name, addrs: prefixes, conn: udpConn{conn, ipv4.NewPacketConn(conn)}})
 	}
+	ns, err := netns.Current()
+	if err != nil {
+		s.closeLinks()
+		return fmt.Errorf("dhcp: %w", err)
+	}
+	s.ns = ns
 	return nil
 }
 
@@ -212,6 +235,19 @@ func (s *Server) closeLinks() {
 	}
 }
 
+// closeAll closes every socket: port 67's, the proxy port's, and the
+// namespace handle.
+func (s *Server) closeAll() {
+	s.closeLinks()
+	s.proxyMu.Lock()
+	s.closeProxy()
+	if s.ns != nil {
+		s.ns.Close()
+		s.ns = nil
+	}
+	s.proxyMu.Unlock()
+}
+
 // Ready is closed once the server has loaded the store and answers.
 func (s *Server) Ready() <-chan struct{} { return s.ready }
 
@@ -219,7 +255,7 @@ func (s *Server) Ready() <-chan struct{} { return s.ready }
 // then answers requests until ctx ends. Lease writes under way when ctx
 // ends are finished or abandoned (never acknowledged).
 func (s *Server) Run(ctx context.Context) error {
-	defer s.closeLinks()
+	defer s.closeAll()
 	st, from, err := load(ctx, s.st, nil)
 	if err != nil {
 		return fmt.Errorf("dhcp: %w", err)
@@ -230,6 +266,7 @@ func (s *Server) Run(ctx context.Context) error {
 	s.mu.Unlock()
 	close(s.ready)
 	s.log.Info("dhcp server ready", "interfaces", s.cfg.Interfaces, "subnets", subnets, "leases", leases, "bootAddress", s.cfg.BootAddress, "bootURL", s.cfg.BootURL)
+	s.syncProxy(ctx)
 
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
@@ -349,6 +386,7 @@ func (s *Server) follow(ctx context.Context, from int64) {
 			// Offers and leases being written were carried over by load.
 			s.state = st
 			s.mu.Unlock()
+			s.syncProxy(ctx)
 			from = rev
 			continue
 		}
@@ -369,6 +407,9 @@ func (s *Server) follow(ctx context.Context, from int64) {
 				s.log.Warn("dhcp: ignoring unreadable object", "kind", ev.Record.Kind, "name", ev.Record.Name, "err", err)
 			}
 			s.mu.Unlock()
+			if ev.Record.Kind == api.KindSubnet {
+				s.syncProxy(ctx)
+			}
 			from = ev.Revision
 		}
 	}

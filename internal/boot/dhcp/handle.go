@@ -38,13 +38,8 @@ func (s *Server) handlePacket(l *link, data []byte, peer netip.AddrPort) {
 // a lease write whose reply is sent once the lease is stored.
 func (s *Server) process(l *link, data []byte, peer netip.AddrPort) ([]byte, netip.AddrPort) {
 	s.Stats.Received.Add(1)
-	req, err := dhcpv4.FromBytes(data)
-	if err != nil {
-		s.Stats.Malformed.Add(1)
-		return nil, netip.AddrPort{}
-	}
-	if req.OpCode != dhcpv4.OpcodeBootRequest || req.HWType != iana.HWTypeEthernet || len(req.ClientHWAddr) != 6 || req.HopCount > 16 {
-		s.Stats.Malformed.Add(1)
+	req := s.parse(data)
+	if req == nil {
 		return nil, netip.AddrPort{}
 	}
 	out := s.handle(l, req, peer)
@@ -69,6 +64,17 @@ func (s *Server) process(l *link, data []byte, peer netip.AddrPort) ([]byte, net
 	}
 	s.commits <- &commit{l: out.commit, op: data, lbls: lbls, reply: b, link: l, to: out.to}
 	return nil, netip.AddrPort{}
+}
+
+// parse reads a DHCP request from an Ethernet client; anything else is
+// counted as malformed and gives nil.
+func (s *Server) parse(data []byte) *dhcpv4.DHCPv4 {
+	req, err := dhcpv4.FromBytes(data)
+	if err != nil || req.OpCode != dhcpv4.OpcodeBootRequest || req.HWType != iana.HWTypeEthernet || len(req.ClientHWAddr) != 6 || req.HopCount > 16 {
+		s.Stats.Malformed.Add(1)
+		return nil
+	}
+	return req
 }
 
 // handle decides the answer to a parsed request. A lease it returns has
@@ -477,6 +483,21 @@ func (s *Server) proxyReply(req *dhcpv4.DHCPv4, sn *subnet, serverID netip.Addr,
 	default:
 		return nil
 	}
+	r := s.pxeReply(req, mt, sn, serverID, mac)
+	if r == nil {
+		return nil
+	}
+	if mt == dhcpv4.MessageTypeOffer {
+		s.Stats.Offers.Add(1)
+	} else {
+		s.Stats.Acks.Add(1)
+	}
+	return &outcome{reply: r, to: replyTo(req, false)}
+}
+
+// pxeReply is a proxy DHCP answer: boot information, no address, and the
+// PXE vendor options; nil when the client gets no boot file.
+func (s *Server) pxeReply(req *dhcpv4.DHCPv4, mt dhcpv4.MessageType, sn *subnet, serverID netip.Addr, mac string) *dhcpv4.DHCPv4 {
 	r := newReply(req, mt, serverID)
 	s.addBoot(r, req, sn, mac)
 	if r.BootFileName == "" && len(r.Options[67]) == 0 {
@@ -486,8 +507,7 @@ func (s *Server) proxyReply(req *dhcpv4.DHCPv4, sn *subnet, serverID netip.Addr,
 	// PXE vendor options: discovery control 8 = boot the file in this
 	// offer, no boot server discovery.
 	r.Options[43] = []byte{6, 1, 8, 255}
-	s.Stats.Offers.Add(1)
-	return &outcome{reply: r, to: replyTo(req, false)}
+	return r
 }
 
 func newReply(req *dhcpv4.DHCPv4, mt dhcpv4.MessageType, serverID netip.Addr) *dhcpv4.DHCPv4 {

@@ -174,6 +174,12 @@ func (h *harness) settle(t testing.TB) {
 // within wait).
 func (h *harness) exchangeFrom(req *dhcpv4.DHCPv4, peer netip.AddrPort, wait time.Duration) (*dhcpv4.DHCPv4, netip.AddrPort) {
 	h.srv.handlePacket(h.link, req.ToBytes(), peer)
+	return h.reply(wait)
+}
+
+// reply is the next packet the server sent and where to, or nil if none
+// came within wait.
+func (h *harness) reply(wait time.Duration) (*dhcpv4.DHCPv4, netip.AddrPort) {
 	select {
 	case p := <-h.conn.out:
 		r, err := dhcpv4.FromBytes(p.data)
