@@ -3,7 +3,7 @@ BIN := bin/drover
 VERSION ?= $(shell git describe --always --dirty 2>/dev/null || echo dev)
 LDFLAGS := -s -w -X github.com/drover-project/drover/internal/cli.Version=$(VERSION)
 # Packages with concurrency run under the race detector.
-RACE_PKGS := ./internal/store/... ./internal/engine/... ./internal/server/... ./internal/agent/... ./internal/labels/... ./internal/noderange/... ./internal/boot/... ./internal/render/... ./internal/adhoc/...
+RACE_PKGS := ./internal/store/... ./internal/engine/... ./internal/server/... ./internal/agent/... ./internal/labels/... ./internal/noderange/... ./internal/boot/... ./internal/render/... ./internal/adhoc/... ./internal/mirror/...
 
 .PHONY: build test unit e2e lint bench demo fuzz clean discovery-image deps qemu-deps
 
