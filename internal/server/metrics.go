@@ -48,6 +48,7 @@ func (s *Server) handleMetrics(w http.ResponseWriter, r *http.Request, _ *princi
 	if s.dhcp != nil {
 		writeDHCPMetrics(w, &s.dhcp.Stats)
 	}
+	s.writeSiteMetrics(w)
 }
 
 // writeDHCPMetrics writes the DHCP server's counters.

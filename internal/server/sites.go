@@ -11,6 +11,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"net"
 	"net/http"
 	"net/url"
@@ -774,4 +775,39 @@ func (s *Server) otherAdminExists(ctx context.Context, name string) error {
 		}
 	}
 	return apiError(http.StatusConflict, "conflict", "user %q is the only enabled admin; make another user admin first", name)
+}
+
+// writeSiteMetrics writes each site's mirror figures (managers only).
+func (s *Server) writeSiteMetrics(w io.Writer) {
+	runs := s.sites.all()
+	if len(runs) == 0 {
+		return
+	}
+	statuses := make([]api.SiteStatus, len(runs))
+	for i, run := range runs {
+		statuses[i] = run.status()
+	}
+	type metric struct {
+		name, help, typ string
+		value           func(api.SiteStatus) any
+	}
+	for _, m := range []metric{
+		{"drover_site_connected", "1 while the mirror follows the site's event stream.", "gauge", func(st api.SiteStatus) any {
+			if st.Connected {
+				return 1
+			}
+			return 0
+		}},
+		{"drover_site_revision", "The site's latest revision known to the manager.", "gauge", func(st api.SiteStatus) any { return st.SiteRevision }},
+		{"drover_site_cursor", "The revision up to which the mirror holds every change of the site.", "gauge", func(st api.SiteStatus) any { return st.Cursor }},
+		{"drover_site_lag_revisions", "Site revision minus cursor.", "gauge", func(st api.SiteStatus) any { return st.LagRevisions }},
+		{"drover_site_lag_seconds", "How long the mirror has been behind (while disconnected: since the last contact).", "gauge", func(st api.SiteStatus) any { return st.LagSeconds }},
+		{"drover_site_relists_total", "Full listings of the site (first contact, then each 410).", "counter", func(st api.SiteStatus) any { return st.Relists }},
+		{"drover_site_objects", "Objects of the site in the mirror.", "gauge", func(st api.SiteStatus) any { return st.Objects }},
+	} {
+		fmt.Fprintf(w, "# HELP %s %s\n# TYPE %s %s\n", m.name, m.help, m.name, m.typ)
+		for i, run := range runs {
+			fmt.Fprintf(w, "%s{site=%q} %v\n", m.name, run.name, m.value(statuses[i]))
+		}
+	}
 }

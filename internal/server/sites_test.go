@@ -95,6 +95,13 @@ func TestSitesAddMirrorRemove(t *testing.T) {
 		return st.LagRevisions == 0 && st.Cursor == site.rev()
 	})
 
+	status, body := manager.raw(manager.admin.Token, http.MethodGet, "/metrics", "", nil)
+	for _, want := range []string{`drover_site_connected{site="east"} 1`, `drover_site_relists_total{site="east"} 1`, `drover_site_lag_revisions{site="east"} 0`} {
+		if status != 200 || !strings.Contains(string(body), want) {
+			t.Fatalf("metrics lack %s:\n%s", want, body)
+		}
+	}
+
 	_, err = manager.admin.AddSite(ctx, api.SiteAddRequest{Name: "east", URL: site.url, CACert: string(site.srv.CACertPEM()), Username: "admin", Password: testAdminPassword})
 	apiErr(t, err, http.StatusConflict)
 	_, err = manager.admin.AddSite(ctx, api.SiteAddRequest{Name: "east2", URL: site.url, CACert: string(site.srv.CACertPEM()), Username: "admin", Password: testAdminPassword})
