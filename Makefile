@@ -71,7 +71,7 @@ fuzz:
 	$(GO) test -run '^$$' -fuzz FuzzHandle -fuzztime 30s ./internal/boot/dhcp
 
 bench: deps build
-	$(GO) test -run '^$$' -bench . -benchtime 1x ./internal/store/bolt ./internal/noderange
+	$(GO) test -run '^$$' -bench . -benchtime 1x ./internal/store/bolt ./internal/noderange ./internal/mirror
 	DROVER_BIN=$(CURDIR)/$(BIN) $(GO) run ./bench/agents -agents 10000
 	DROVER_BIN=$(CURDIR)/$(BIN) $(GO) run ./bench/dhcp
 

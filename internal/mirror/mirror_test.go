@@ -27,9 +27,10 @@ var quiet = slog.New(slog.NewTextHandler(io.Discard, nil))
 type site struct {
 	srv   *server.Server
 	admin *api.Client
+	url   string
 }
 
-func startSite(t *testing.T, retain int) *site {
+func startSite(t testing.TB, retain int) *site {
 	t.Helper()
 	srv, err := server.New(server.Config{
 		DataDir: t.TempDir(), Listen: "127.0.0.1:0", AdminPassword: password,
@@ -59,7 +60,7 @@ func startSite(t *testing.T, retain int) *site {
 	if err != nil {
 		t.Fatal(err)
 	}
-	return &site{srv: srv, admin: c.WithToken(lr.Token)}
+	return &site{srv: srv, admin: c.WithToken(lr.Token), url: "https://" + srv.Addr()}
 }
 
 // dialer logs in as the site's admin (the server wires the management

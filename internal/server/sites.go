@@ -27,6 +27,7 @@ import (
 	"github.com/drover-project/drover/internal/mirror"
 	"github.com/drover-project/drover/internal/model"
 	"github.com/drover-project/drover/internal/store"
+	"github.com/drover-project/drover/internal/tables"
 )
 
 // siteCallTimeout bounds each call the manager makes to a site on behalf
@@ -589,31 +590,25 @@ func (s *Server) listWithSites(w http.ResponseWriter, r *http.Request, kind stri
 	items := make([][]byte, 0, len(recs))
 	for _, rec := range recs {
 		b, err := s.present(rec)
+		if err == nil && view != api.ViewFull {
+			summary, row, verr := machineViews(b)
+			b, err = summary, verr
+			if view == api.ViewTable {
+				b = row
+			}
+		}
 		if err != nil {
 			writeError(w, err)
 			return true
 		}
 		items = append(items, b)
 	}
-	mirrored, err := s.mirroredItems(kind, sel)
+	mirrored, err := s.mirroredItems(kind, sel, view)
 	if err != nil {
 		writeError(w, err)
 		return true
 	}
 	items = append(items, mirrored...)
-	if view != api.ViewFull {
-		for i, b := range items {
-			summary, row, err := machineViews(b)
-			if err != nil {
-				writeError(w, err)
-				return true
-			}
-			items[i] = summary
-			if view == api.ViewTable {
-				items[i] = row
-			}
-		}
-	}
 	writeList(w, head(rev), len(items), func(i int, bw *bufio.Writer) { bw.Write(items[i]) })
 	return true
 }
@@ -668,7 +663,7 @@ func tagMirrored(obj []byte, site string) ([]byte, map[string]string, error) {
 
 // mirroredItems returns every site's mirrored objects of kind that match
 // sel, as the manager shows them, site by site.
-func (s *Server) mirroredItems(kind string, sel store.Selector) ([][]byte, error) {
+func (s *Server) mirroredItems(kind string, sel store.Selector, view string) ([][]byte, error) {
 	var out [][]byte
 	for _, run := range s.sites.all() {
 		if run.mirror == nil || !run.mirror.Mirrors(kind) {
@@ -679,7 +674,13 @@ func (s *Server) mirroredItems(kind string, sel store.Selector) ([][]byte, error
 			return nil, fmt.Errorf("site %q mirror: %w", run.name, err)
 		}
 		for _, o := range objs {
-			b, labels, err := tagMirrored(o.JSON, run.name)
+			var b []byte
+			var labels map[string]string
+			if kind == api.KindMachine && view != api.ViewFull {
+				b, labels, err = machineView(o.JSON, run.name, view)
+			} else {
+				b, labels, err = tagMirrored(o.JSON, run.name)
+			}
 			if err != nil {
 				return nil, fmt.Errorf("site %q mirror: %s %q: %w", run.name, kind, o.Name, err)
 			}
@@ -690,6 +691,32 @@ func (s *Server) mirroredItems(kind string, sel store.Selector) ([][]byte, error
 		}
 	}
 	return out, nil
+}
+
+// machineView makes the summary or table view of a mirrored machine in
+// one decode (a manager's machine table is mostly its sites' machines).
+func machineView(obj []byte, site, view string) ([]byte, map[string]string, error) {
+	var m api.Machine
+	if err := json.Unmarshal(obj, &m); err != nil {
+		return nil, nil, err
+	}
+	if m.Labels == nil {
+		m.Labels = map[string]string{}
+	}
+	m.Labels[api.SiteLabel] = site
+	m.Site = site
+	if view == api.ViewTable {
+		b, err := json.Marshal(tables.MachineRow(&m))
+		return b, m.Labels, err
+	}
+	if inv := m.Status.Inventory; inv != nil {
+		if m.Status.Hardware == nil {
+			m.Status.Hardware = inv.Summary()
+		}
+		m.Status.Inventory = nil
+	}
+	b, err := json.Marshal(&m)
+	return b, m.Labels, err
 }
 
 // handleGetMirrored answers GET /api/v1/objects/{kind}/{name}?site=NAME.

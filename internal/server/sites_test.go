@@ -69,6 +69,14 @@ func TestSitesAddMirrorRemove(t *testing.T) {
 	if len(all) != 2 || all[0].Site != "" || all[1].Site != "east" || all[1].Labels["site"] != "east" || all[1].Labels["role"] != "db" {
 		t.Fatalf("manager's machines: %+v", all)
 	}
+	var sum api.List
+	if err := manager.admin.Do(ctx, http.MethodGet, "/api/v1/objects/machines?view=summary&selector=site%3Deast", nil, &sum); err != nil || len(sum.Items) != 1 || !strings.Contains(string(sum.Items[0]), `"site":"east"`) {
+		t.Fatalf("summary view of a mirrored machine: %v %s", err, sum.Items)
+	}
+	tbl, err := manager.admin.Table(ctx, "machines", "")
+	if err != nil || len(tbl.Rows) != 2 || tbl.Columns[0].Name != "SITE" || tbl.Rows[0][0] != "" || tbl.Rows[1][0] != "east" || tbl.Rows[1][1] != "n1" {
+		t.Fatalf("table view on the manager: %v %+v", err, tbl)
+	}
 	var local api.List
 	if err := manager.admin.Do(ctx, http.MethodGet, "/api/v1/objects/machines?local=1", nil, &local); err != nil || len(local.Items) != 1 {
 		t.Fatalf("local=1: %d items, %v", len(local.Items), err)
@@ -82,7 +90,7 @@ func TestSitesAddMirrorRemove(t *testing.T) {
 	waitFor(t, "second machine", 10*time.Second, func() bool {
 		return manager.admin.Do(ctx, http.MethodGet, "/api/v1/objects/machines/n2?site=east", nil, &n2) == nil
 	})
-	err := manager.admin.Get(ctx, "machines", "n2", &n2)
+	err = manager.admin.Get(ctx, "machines", "n2", &n2)
 	if ae := apiErr(t, err, 404); !strings.Contains(ae.Message, "--site east") {
 		t.Fatalf("not found hint: %s", ae.Message)
 	}
