@@ -2,7 +2,7 @@ package server
 
 import (
 	"archive/tar"
-	"bufio"
+	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -17,7 +17,6 @@ import (
 	"github.com/drover-project/drover/api"
 	"github.com/drover-project/drover/internal/adhoc"
 	"github.com/drover-project/drover/internal/auth"
-	"github.com/drover-project/drover/internal/noderange"
 	"github.com/drover-project/drover/internal/store"
 )
 
@@ -102,13 +101,16 @@ func (s *Server) handleRun(w http.ResponseWriter, r *http.Request, p *principal)
 		writeError(w, err)
 		return
 	}
-	names, err := s.resolveNodes(r.Context(), req.Nodes)
+	parts, count, err := s.planRun(r.Context(), req.Nodes)
 	if err != nil {
 		writeError(w, err)
 		return
 	}
-	s.auditCommand(r, p, "run", req.Nodes, len(names), strings.Join(req.Argv, " "))
-	s.streamBatch(w, r, names, adhoc.Spec{Argv: req.Argv, Timeout: timeout}, req.Fanout)
+	s.auditCommand(r, p, "run", req.Nodes, count, strings.Join(req.Argv, " "))
+	remote := func(ctx context.Context, c *api.Client, nodes string, fn func(api.RunLine) error) error {
+		return c.Run(ctx, api.RunRequest{Nodes: nodes, Argv: req.Argv, Timeout: req.Timeout, Fanout: req.Fanout}, fn)
+	}
+	s.streamRun(w, r, parts, adhoc.Spec{Argv: req.Argv, Timeout: timeout}, req.Fanout, remote)
 }
 
 // auditCommand records who ran what where: one store write per request,
@@ -118,58 +120,13 @@ func (s *Server) auditCommand(r *http.Request, p *principal, action, nodes strin
 		detail = detail[:1024] + "..."
 	}
 	now := time.Now().UTC()
-	op := s.auditOp(p, action, "machines/"+nodes, fmt.Sprintf("%d machines: %s", count, detail), now, 0)
+	on := fmt.Sprintf("%d machines", count)
+	if count == 0 {
+		on = "a nested manager's machines"
+	}
+	op := s.auditOp(p, action, "machines/"+nodes, on+": "+detail, now, 0)
 	if _, _, err := s.st.Txn(r.Context(), []store.Op{op}); err != nil {
 		s.log.Warn("audit of a command failed", "action", action, "err", err)
-	}
-}
-
-// streamBatch runs spec on names through the command hub and writes the
-// results as they come. The client ending the request cancels what has
-// not run.
-func (s *Server) streamBatch(w http.ResponseWriter, r *http.Request, names []string, spec adhoc.Spec, fanout int) {
-	b := s.cmds.Start(names, spec, fanout)
-	w.Header().Set("Content-Type", "application/x-ndjson")
-	w.WriteHeader(http.StatusOK)
-	rc := http.NewResponseController(w)
-	bw := bufio.NewWriterSize(w, 64<<10)
-	enc := json.NewEncoder(bw)
-	flush := func() bool {
-		if bw.Flush() != nil {
-			return false
-		}
-		return rc.Flush() == nil
-	}
-	set := noderange.NewNodeSet()
-	for _, n := range names {
-		set.Add(noderange.Node{Name: n})
-	}
-	_ = enc.Encode(api.RunLine{Type: api.RunLineStart, Nodes: set.Fold(), Count: len(names)})
-	if !flush() {
-		b.Cancel()
-		return
-	}
-	results := b.Results()
-	count := 0
-	for {
-		select {
-		case l, ok := <-results:
-			if !ok {
-				_ = enc.Encode(api.RunLine{Type: api.RunLineEnd, Count: count})
-				flush()
-				return
-			}
-			count++
-			_ = enc.Encode(l)
-			// Results that came together go out in one write.
-			if len(results) == 0 && !flush() {
-				b.Cancel()
-				return
-			}
-		case <-r.Context().Done():
-			b.Cancel()
-			return
-		}
 	}
 }
 
@@ -220,7 +177,7 @@ func (s *Server) handleCopy(w http.ResponseWriter, r *http.Request, p *principal
 			"the copy is %s, over this site's limit of %s (drover server --max-copy-size)", FormatSize(req.Size), FormatSize(limit)))
 		return
 	}
-	names, err := s.resolveNodes(r.Context(), req.Nodes)
+	parts, count, err := s.planRun(r.Context(), req.Nodes)
 	if err != nil {
 		writeError(w, err)
 		return
@@ -245,9 +202,18 @@ func (s *Server) handleCopy(w http.ResponseWriter, r *http.Request, p *principal
 		writeError(w, badRequest("archive: %v", err))
 		return
 	}
-	s.auditCommand(r, p, "cp", req.Nodes, len(names), fmt.Sprintf("%s (%s) to %s", top, FormatSize(req.Size), req.Dest))
-	s.streamBatch(w, r, names, adhoc.Spec{Timeout: timeout, Archive: file,
-		Copy: &api.AgentCopy{Dest: req.Dest, Name: top, Size: req.Size}}, req.Fanout)
+	s.auditCommand(r, p, "cp", req.Nodes, count, fmt.Sprintf("%s (%s) to %s", top, FormatSize(req.Size), req.Dest))
+	// Each site gets the archive from this endpoint's spool file.
+	remote := func(ctx context.Context, c *api.Client, nodes string, fn func(api.RunLine) error) error {
+		f, err := os.Open(file)
+		if err != nil {
+			return err
+		}
+		defer f.Close()
+		return c.Copy(ctx, api.CopyRequest{Nodes: nodes, Dest: req.Dest, Size: req.Size, Timeout: req.Timeout, Fanout: req.Fanout}, f, fn)
+	}
+	s.streamRun(w, r, parts, adhoc.Spec{Timeout: timeout, Archive: file,
+		Copy: &api.AgentCopy{Dest: req.Dest, Name: top, Size: req.Size}}, req.Fanout, remote)
 }
 
 func (s *Server) maxCopyBytes() int64 {

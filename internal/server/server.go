@@ -109,8 +109,10 @@ type Server struct {
 	endpointID string
 	// sites mirror the sites registered with this endpoint (sites.go).
 	sites *siteSet
-	// cmds holds ad-hoc commands (drover run, drover cp) in memory (run.go).
-	cmds *adhoc.Hub
+	// cmds holds ad-hoc commands (drover run, drover cp) in memory (run.go);
+	// cmdSites are the sites they may reach (run_sites.go).
+	cmds     *adhoc.Hub
+	cmdSites commandSites
 
 	// InitialAdminPassword is set when this start generated the admin
 	// password (first start without DROVER_ADMIN_PASSWORD).
