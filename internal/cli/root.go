@@ -87,6 +87,7 @@ func NewRoot(stdin io.Reader, stdout, stderr io.Writer) *cobra.Command {
 		newRunCmd(),
 		newCopyCmd(),
 		newSitesCmd(),
+		newLabCmd(),
 	)
 	for _, a := range []string{api.ActionCommission, api.ActionDeploy, api.ActionUpgrade, api.ActionDecommission, api.ActionVerify} {
 		root.AddCommand(newActionCmd(a))

@@ -27,17 +27,7 @@ import (
 var content []byte
 
 // Content returns the demo's content documents.
-func Content() ([]json.RawMessage, error) {
-	docs, err := model.SplitYAML(bytes.NewReader(content))
-	if err != nil {
-		return nil, err
-	}
-	out := make([]json.RawMessage, len(docs))
-	for i, d := range docs {
-		out[i] = d.JSON
-	}
-	return out, nil
-}
+func Content() ([]json.RawMessage, error) { return model.YAMLDocuments(content) }
 
 // Options tune the demo.
 type Options struct {

@@ -23,6 +23,20 @@ const (
 	maxYAMLDepth = 200
 )
 
+// YAMLDocuments splits a YAML stream (content built into the binary) into
+// its documents as JSON, as apply takes them.
+func YAMLDocuments(b []byte) ([]json.RawMessage, error) {
+	docs, err := SplitYAML(bytes.NewReader(b))
+	if err != nil {
+		return nil, err
+	}
+	out := make([]json.RawMessage, len(docs))
+	for i, d := range docs {
+		out[i] = d.JSON
+	}
+	return out, nil
+}
+
 // SplitYAML splits a multi-document YAML (or JSON) stream into JSON
 // documents. Empty documents are skipped; Index counts the others from 1.
 //
