@@ -259,16 +259,21 @@ func describe(err error) string {
 }
 
 func (m *Mirror) session(ctx context.Context, renew bool) error {
-	c, err := m.cfg.Dialer.Client(ctx, renew)
-	if err != nil {
-		return err
+	// Small calls get as long as a quiet stream: a link that stalls
+	// must not hold the mirror before it even follows the site.
+	rctx, cancel := context.WithTimeout(ctx, m.cfg.IdleTimeout)
+	c, err := m.cfg.Dialer.Client(rctx, renew)
+	var info *api.EndpointInfo
+	if err == nil {
+		info, err = c.EndpointInfo(rctx)
 	}
-	rctx, cancel := context.WithTimeout(ctx, m.cfg.RequestTimeout)
-	info, err := c.EndpointInfo(rctx)
 	cancel()
 	if err != nil {
 		return err
 	}
+	// The next session dials afresh: a connection left idle by a failed
+	// one may be the link that stalled.
+	defer c.HTTP.CloseIdleConnections()
 	m.update(func(st *state) {
 		st.lastContact = time.Now()
 		st.siteRev = max(st.siteRev, info.Revision)
@@ -343,17 +348,9 @@ func (m *Mirror) stream(ctx context.Context, c *api.Client) error {
 	sctx, cancel := context.WithCancelCause(ctx)
 	defer cancel(nil)
 	cursor, _ := m.cursor()
-	body, err := c.Stream(sctx, "/api/v1/events?from="+strconv.FormatInt(cursor, 10))
-	if err != nil {
-		return err
-	}
-	defer body.Close()
-	m.update(func(st *state) {
-		st.connected, st.err = true, ""
-		st.lastContact = time.Now()
-	})
 	// A link that silently stops carrying data (no FIN, no RST) would
-	// otherwise hold the stream forever: the site pings every 15 s.
+	// otherwise hold the stream, or the request opening it, forever: the
+	// site pings every 15 s.
 	activity := make(chan struct{}, 1)
 	go func() {
 		t := time.NewTimer(m.cfg.IdleTimeout)
@@ -363,9 +360,6 @@ func (m *Mirror) stream(ctx context.Context, c *api.Client) error {
 			case <-sctx.Done():
 				return
 			case <-activity:
-				if !t.Stop() {
-					<-t.C
-				}
 				t.Reset(m.cfg.IdleTimeout)
 			case <-t.C:
 				cancel(fmt.Errorf("nothing from the site for %s", m.cfg.IdleTimeout))
@@ -373,6 +367,18 @@ func (m *Mirror) stream(ctx context.Context, c *api.Client) error {
 			}
 		}
 	}()
+	body, err := c.Stream(sctx, "/api/v1/events?from="+strconv.FormatInt(cursor, 10))
+	if err != nil {
+		if cause := context.Cause(sctx); cause != nil && ctx.Err() == nil {
+			return cause
+		}
+		return err
+	}
+	defer body.Close()
+	m.update(func(st *state) {
+		st.connected, st.err = true, ""
+		st.lastContact = time.Now()
+	})
 	r := &reader{m: m, complete: cursor, pending: cursor}
 	br := bufio.NewReaderSize(body, 256<<10)
 	var evType string

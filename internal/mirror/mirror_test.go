@@ -10,12 +10,16 @@ import (
 	"net/http"
 	"path/filepath"
 	"sort"
+	"strings"
 	"testing"
 	"time"
 
+	toxiproxy "github.com/Shopify/toxiproxy/v2"
 	"github.com/drover-project/drover/api"
 	"github.com/drover-project/drover/internal/mirror"
 	"github.com/drover-project/drover/internal/server"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/rs/zerolog"
 	"golang.org/x/crypto/bcrypt"
 )
 
@@ -284,3 +288,63 @@ func TestMirrorUnreachable(t *testing.T) {
 type fixed struct{ c *api.Client }
 
 func (f fixed) Client(context.Context, bool) (*api.Client, error) { return f.c, nil }
+
+// loginDialer logs in as the site's admin through base (a proxy).
+type loginDialer struct{ base *api.Client }
+
+func (d loginDialer) Client(ctx context.Context, renew bool) (*api.Client, error) {
+	lr, err := d.base.Login(ctx, "admin", password, "1h")
+	if err != nil {
+		return nil, err
+	}
+	return d.base.WithToken(lr.Token), nil
+}
+
+// A link that silently stops carrying data (no close, no reset) is
+// noticed by the idle timeout; once it carries data again the mirror
+// resumes from its cursor.
+func TestMirrorStalledLink(t *testing.T) {
+	s := startSite(t, 0)
+	s.machines(t, 1, 2, "a")
+	proxy := toxiproxy.NewProxy(toxiproxy.NewServer(toxiproxy.NewMetricsContainer(prometheus.NewRegistry()), zerolog.Nop()), "site", "127.0.0.1:0", s.srv.Addr())
+	if err := proxy.Start(); err != nil {
+		t.Fatal(err)
+	}
+	defer proxy.Stop()
+	base, err := api.NewClient("https://"+proxy.Listen, s.srv.CACertPEM(), "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	m, err := mirror.Open(mirror.Config{Name: "east", Path: filepath.Join(t.TempDir(), "east.db"), Dialer: loginDialer{base},
+		IdleTimeout: time.Second, MinBackoff: 10 * time.Millisecond, MaxBackoff: 200 * time.Millisecond, Logger: quiet})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer m.Close()
+	stop := run(t, m)
+	defer stop()
+	converge(t, s, m)
+
+	stall := `{"name":"stall","type":"timeout","stream":"downstream","toxicity":1,"attributes":{"timeout":0}}`
+	if _, err := proxy.Toxics.AddToxicJson(strings.NewReader(stall)); err != nil {
+		t.Fatal(err)
+	}
+	deadline := time.Now().Add(10 * time.Second)
+	for m.Status().Connected {
+		if time.Now().After(deadline) {
+			t.Fatal("a stalled link was not noticed")
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	if st := m.Status(); !strings.Contains(st.Error, "nothing from the site for 1s") {
+		t.Fatalf("stalled: %+v", st)
+	}
+	s.machines(t, 3, 2, "while-stalled")
+	if err := proxy.Toxics.RemoveToxic(context.Background(), "stall"); err != nil {
+		t.Fatal(err)
+	}
+	converge(t, s, m)
+	if st := m.Status(); st.Relists != 1 {
+		t.Fatalf("listed again after the stall: %+v", st)
+	}
+}

@@ -97,6 +97,12 @@ func newSiteConn(site *api.Site, password, token string) (*siteConn, error) {
 	if err != nil {
 		return nil, fmt.Errorf("site %q: %w", site.Name, err)
 	}
+	if tr, ok := base.HTTP.Transport.(*http.Transport); ok && tr.HTTP2 != nil {
+		// Requests share one HTTP/2 connection per site: ping it when it
+		// goes quiet, so a link that silently died is dropped, not reused.
+		tr.HTTP2.SendPingTimeout = 30 * time.Second
+		tr.HTTP2.PingTimeout = 15 * time.Second
+	}
 	return &siteConn{name: site.Name, user: site.ManagementUser, password: password, base: base, token: token}, nil
 }
 
