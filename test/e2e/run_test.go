@@ -251,3 +251,55 @@ func sameCopy(t *testing.T, want, got string) {
 		t.Errorf("%s: mode %v, want %v", got, gi.Mode(), wi.Mode())
 	}
 }
+
+// drover run and cp on a manager: one request per site, output prefixed
+// site%node, collated across sites, and a site that is down reported
+// unreachable while the others answer.
+func TestRunAcrossSitesCLI(t *testing.T) {
+	east, west, mgr := startSite(t), startSite(t), startSite(t)
+	startAgents(east, 2)
+	startAgents(west, 2)
+	for _, s := range []*site{east, west} {
+		eventually(t, 30*time.Second, "2 machines", func() (bool, string) { return len(s.machines()) == 2, "" })
+	}
+	for name, s := range map[string]*site{"east": east, "west": west} {
+		if _, errs, err := mgr.addSiteCLI(name, s.endpoint, s.caFile, s.password); err != nil {
+			t.Fatalf("add %s: %v %s", name, err, errs)
+		}
+	}
+	eventually(t, 30*time.Second, "4 machines on the manager", func() (bool, string) {
+		return len(mgr.machines()) == 4, ""
+	})
+
+	out, errs, code := mgr.runCLI("run", "all%all", "--", "echo", "hi")
+	want := []string{"east%n01: hi", "east%n02: hi", "west%n01: hi", "west%n02: hi"}
+	if code != 0 || !slices.Equal(sortedLines(out), want) {
+		t.Fatalf("exit %d\nstdout:\n%s\nstderr:\n%s", code, out, errs)
+	}
+	out, errs, code = mgr.runCLI("run", "all%all", "--collate", "--", "sh", "-c", `[ "$DROVER_MACHINE" != n02 ] && echo hi || echo other`)
+	if code != 0 || out != "(east,west)%n01: hi\n(east,west)%n02: other\n" {
+		t.Fatalf("exit %d\nstdout:\n%s\nstderr:\n%s", code, out, errs)
+	}
+	t.Logf("drover run 'all%%all' --collate (manager):\n%s", out)
+
+	src := filepath.Join(t.TempDir(), "motd")
+	if err := os.WriteFile(src, []byte("welcome\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	dest := t.TempDir()
+	if out, errs, code := mgr.runCLI("cp", "east%n01,west%n02", src, dest+"/"); code != 0 {
+		t.Fatalf("cp: exit %d\n%s%s", code, out, errs)
+	}
+	sameCopy(t, src, filepath.Join(dest, "motd"))
+
+	west.srv.kill()
+	start := time.Now()
+	out, errs, code = mgr.runCLI("run", "all%all", "--", "echo", "hi")
+	took := time.Since(start)
+	if code != 1 || !slices.Equal(sortedLines(out), want[:2]) ||
+		!strings.Contains(errs, "west%n01: unreachable: site west cannot be reached") ||
+		!strings.Contains(errs, "unreachable: west%n[01-02]") {
+		t.Fatalf("exit %d after %s\nstdout:\n%s\nstderr:\n%s", code, took, out, errs)
+	}
+	t.Logf("with west down (%s):\n%s%s", took.Round(time.Millisecond), out, errs)
+}
