@@ -163,7 +163,7 @@ func converge(t *testing.T, s *site, m *mirror.Mirror) {
 	}
 }
 
-func run(t *testing.T, m *mirror.Mirror) (stop func()) {
+func run(t testing.TB, m *mirror.Mirror) (stop func()) {
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan struct{})
 	go func() {

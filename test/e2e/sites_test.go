@@ -265,8 +265,15 @@ func TestSitesMirror(t *testing.T) {
 	east := startSite(t, "--heartbeat-interval", "2s", "--reachable-timeout", "10s")
 	west := startSite(t)
 	mgr := startSite(t)
-	// The manager reaches east through a proxy the test can cut.
+	// The manager reaches east through a proxy the test can cut, 100 ms
+	// round trip.
 	link := newToxiproxy(t, east.addr)
+	for _, stream := range []string{"upstream", "downstream"} {
+		toxic := fmt.Sprintf(`{"name":"latency-%s","type":"latency","stream":%q,"toxicity":1,"attributes":{"latency":50,"jitter":5}}`, stream, stream)
+		if _, err := link.Toxics.AddToxicJson(strings.NewReader(toxic)); err != nil {
+			t.Fatal(err)
+		}
+	}
 	for _, n := range []string{"n1", "n2", "n3"} {
 		east.startAgent(n)
 	}
@@ -340,6 +347,14 @@ func TestSitesMirror(t *testing.T) {
 		}
 		west.apply("kind: Task\nname: west-task\nscript: echo west\n")
 		waitMirrored(t, west, mgr, "west", 20*time.Second)
+		// The manager keeps working too; what needs east says it cannot.
+		mgr.apply("kind: Task\nname: manager-task\nscript: echo manager\n")
+		if _, errs, err := mgr.cli("", "delete", "machine", "n2", "--site", "east"); err == nil || !strings.Contains(errs, "unreachable") {
+			t.Fatalf("a forwarded delete to a cut-off site: %v %q", err, errs)
+		}
+		if _, errs, err := mgr.cli("", "get", "machine", "n2", "--site", "east"); err != nil {
+			t.Fatalf("reading east's mirror while cut off: %v %s", err, errs)
+		}
 		out, _, _ := mgr.cli("", "sites", "list")
 		t.Logf("during the partition:\n%s", out)
 		if err := link.Start(); err != nil {
