@@ -355,6 +355,9 @@ func (s *Server) addSite(ctx context.Context, p *principal, req api.SiteAddReque
 	if err := model.ValidateName(req.Name); err != nil {
 		return nil, badRequest("site name: %v", err)
 	}
+	if req.Name == "all" {
+		return nil, badRequest(`site name "all" is the node range keyword for every site (all%%n1): choose another name`)
+	}
 	siteURL, err := checkSiteURL(req.URL)
 	if err != nil {
 		return nil, err

@@ -144,6 +144,7 @@ func TestSitesAddErrors(t *testing.T) {
 		want   string
 	}{
 		{"bad name", api.SiteAddRequest{Name: "-x", URL: site.url, CACert: ca, Username: "admin", Password: testAdminPassword}, 400, "site name"},
+		{"all", api.SiteAddRequest{Name: "all", URL: site.url, CACert: ca, Username: "admin", Password: testAdminPassword}, 400, "node range keyword"},
 		{"bad url", api.SiteAddRequest{Name: "east", URL: "http://" + strings.TrimPrefix(site.url, "https://"), CACert: ca, Username: "admin", Password: testAdminPassword}, 400, "https://HOST:PORT"},
 		{"bad ca", api.SiteAddRequest{Name: "east", URL: site.url, CACert: "nope", Username: "admin", Password: testAdminPassword}, 400, "no PEM certificate"},
 		{"wrong password", api.SiteAddRequest{Name: "east", URL: site.url, CACert: ca, Username: "admin", Password: "wrong"}, 400, "wrong username or password"},
