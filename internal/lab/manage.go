@@ -21,17 +21,26 @@ func (b *builder) summary(out io.Writer, broken []string) {
 		st.BuildSeconds, len(st.Sites), st.Machines, total-len(broken))
 	fmt.Fprintf(out, "Manager:  %s\n          user admin, password %s (in %s)\n          CA %s\n",
 		st.Manager.URL, password, filepath.Join(st.Manager.DataDir, "initial-admin-password"), st.Manager.CAFile)
+	width := 0
+	for _, s := range st.Sites {
+		width = max(width, len(s.Name))
+	}
 	for _, s := range st.Sites {
 		ns := ""
 		if s.Netns != "" {
 			ns = ", namespace " + s.Netns
 		}
-		fmt.Fprintf(out, "Site %-5s %s (the manager reaches it through %s%s)\n", s.Name, s.URL, strings.TrimPrefix(s.ProxyURL, "https://"), ns)
+		fmt.Fprintf(out, "Site %-*s  %s (the manager reaches it through %s%s)\n", width, s.Name, s.URL, strings.TrimPrefix(s.ProxyURL, "https://"), ns)
 	}
 	first := st.Sites[0].Name
 	nodes := fmt.Sprintf("%s%%n[1-%d]", first, min(st.Machines, 3))
 	if st.Machines == 1 {
 		nodes = first + "%n1"
+	}
+	// Every fifth machine is a storage node; smaller labs have none.
+	role := "storage"
+	if st.Machines < 5 {
+		role = "compute"
 	}
 	fmt.Fprintf(out, `
 Point the CLI at the manager (a session token, valid 24h) and try:
@@ -39,14 +48,14 @@ Point the CLI at the manager (a session token, valid 24h) and try:
     eval "$(%[1]s lab env%[2]s)"
     %[1]s get sites
     %[1]s get machines
-    %[1]s get machines -l site=%[3]s,role=storage
+    %[1]s get machines -l site=%[3]s,role=%[5]s
     %[1]s run 'all%%all' -- uptime
-    %[1]s run 'all%%@role=storage' --collate -- uname -r
+    %[1]s run 'all%%@role=%[5]s' --collate -- uname -r
     %[1]s verify '%[4]s' --wait
 
 One site directly:  eval "$(%[1]s lab env --site %[3]s%[2]s)"
 Inspect or remove:  %[1]s lab status%[2]s    %[1]s lab down%[2]s
-`, self, dir, first, nodes)
+`, self, dir, first, nodes, role)
 }
 
 // Down stops every process of the lab in dir, removes its namespaces and
