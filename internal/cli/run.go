@@ -217,7 +217,11 @@ func packCopy(src string) (*os.File, int64, string, error) {
 	if err != nil {
 		return fail(err)
 	}
-	return f, size, fmt.Sprintf("%d files, %s", files, server.FormatSize(bytes)), nil
+	what := fmt.Sprintf("%d files", files)
+	if files == 1 {
+		what = "1 file"
+	}
+	return f, size, what + ", " + server.FormatSize(bytes), nil
 }
 
 // parseSize reads a size such as 64MiB, 512KiB, 1GiB or a number of bytes.
