@@ -376,6 +376,13 @@ func (s *Server) reply(req *dhcpv4.DHCPv4, mt dhcpv4.MessageType, sn *subnet, se
 		r.Options[12] = []byte(h)
 	}
 	s.addBoot(r, req, sn, mac)
+	if _, set := r.Options[175]; set || !isIPXE(req) || r.BootFileName == "" && r.Options[67] == nil {
+		return r
+	}
+	// iPXE waits 2-3 s after an offer for ProxyDHCP offers that might
+	// say where to boot, unless the offer tells it there are none (iPXE's
+	// option 175, sub-option 176 "no-pxedhcp"): this one does.
+	r.Options[175] = []byte{176, 1, 1}
 	return r
 }
 

@@ -151,3 +151,32 @@ func TestProxyPortIgnores(t *testing.T) {
 		t.Error("only-known: no answer to a reserved MAC")
 	}
 }
+
+// iPXE is told not to wait for ProxyDHCP offers (iPXE's option 175.176)
+// when drover's own offer names its boot file; proxy offers, other
+// clients and subnets with their own option 175 are left alone.
+func TestIPXENoProxyWait(t *testing.T) {
+	ipxe := dhcpv4.WithOption(dhcpv4.OptGeneric(dhcpv4.OptionUserClassInformation, []byte("iPXE")))
+	own := labSubnet()
+	own.Name, own.CIDR, own.Range, own.Router, own.DNS = "own", "10.1.0.0/24", &api.IPRange{Start: "10.1.0.100", End: "10.1.0.110"}, "", nil
+	own.Options = map[string]string{"175": "hex:b00100"}
+	h := newHarness(t, Config{BootAddress: netip.MustParseAddr("10.0.0.1"), BootURL: "http://10.0.0.1:8080"}, labSubnet(), own)
+	noProxyWait := []byte{176, 1, 1}
+	offer := h.exchange(discover("52:54:00:00:04:01", ipxe))
+	for _, r := range []*dhcpv4.DHCPv4{offer, h.exchange(requestFor(offer, ipxe))} {
+		if got := r.Options.Get(dhcpv4.GenericOptionCode(175)); !bytes.Equal(got, noProxyWait) {
+			t.Errorf("iPXE %s: option 175 %x, want %x", r.MessageType(), got, noProxyWait)
+		}
+	}
+	if got := h.dora("52:54:00:00:04:02", pxeClient).Options.Get(dhcpv4.GenericOptionCode(175)); got != nil {
+		t.Errorf("PXE firmware got option 175 %x", got)
+	}
+	relayed := func(d *dhcpv4.DHCPv4) { d.GatewayIPAddr = net.ParseIP("10.1.0.1") }
+	if got := h.dora("52:54:00:00:04:03", ipxe, relayed).Options.Get(dhcpv4.GenericOptionCode(175)); !bytes.Equal(got, []byte{0xb0, 1, 0}) {
+		t.Errorf("a subnet's own option 175 became %x", got)
+	}
+	proxy := newHarness(t, Config{BootAddress: netip.MustParseAddr("10.0.0.1"), BootURL: "http://10.0.0.1:8080"}, proxySubnet())
+	if got := proxy.exchange(discover("52:54:00:00:04:04", ipxe, pxeClient)).Options.Get(dhcpv4.GenericOptionCode(175)); got != nil {
+		t.Errorf("proxy offer to iPXE has option 175 %x", got)
+	}
+}
