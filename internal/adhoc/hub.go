@@ -179,8 +179,15 @@ func (p *Poll) Leave(gone bool) Delivery {
 	if gone {
 		if len(m.polls) == 0 {
 			m.cut = true
-			if m.goneTimer == nil && (len(m.running) > 0 || len(m.queue) > 0) {
-				m.goneTimer = time.AfterFunc(h.cfg.Gone, func() { h.lost(m) })
+			switch {
+			case len(m.running) > 0 || len(m.queue) > 0:
+				if m.goneTimer == nil {
+					m.goneTimer = time.AfterFunc(h.cfg.Gone, func() { h.lost(m) })
+				}
+			case len(m.cancels) == 0:
+				// Nothing to remember: an unknown machine is just as
+				// unreachable, and deleted machines leave no entry.
+				delete(h.machines, m.name)
 			}
 		}
 		return Delivery{}

@@ -114,6 +114,11 @@ func TestUnreachableAtOnce(t *testing.T) {
 	if res["old"].Error != api.ErrFailed {
 		t.Errorf("old agent: %+v", res["old"])
 	}
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if _, kept := h.machines["cut"]; kept {
+		t.Error("a machine whose agent left with nothing pending is still in the table")
+	}
 }
 
 // Fanout bounds the commands in flight: the next node starts when one
