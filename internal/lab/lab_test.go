@@ -279,3 +279,31 @@ func TestRunProxyAddsLatencyEachWay(t *testing.T) {
 		t.Error("a link without an upstream was accepted")
 	}
 }
+
+// TestStopProcsLeavesAReusedPidAlone: a record whose pid now belongs to
+// another process (another start time) is neither signalled nor taken for
+// the leader of its session.
+func TestStopProcsLeavesAReusedPidAlone(t *testing.T) {
+	cmd := exec.Command("sleep", "60")
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan struct{})
+	go func() { _ = cmd.Wait(); close(done) }()
+	t.Cleanup(func() { _ = cmd.Process.Kill(); <-done })
+	info, err := readProc(cmd.Process.Pid)
+	if err != nil {
+		t.Fatal(err)
+	}
+	stale := Proc{Name: "old", Pid: cmd.Process.Pid, StartTime: info.startTime - 1}
+	n, err := stopProcs([]Proc{stale}, t.TempDir(), 100*time.Millisecond)
+	if err != nil || n != 0 {
+		t.Fatalf("ended %d: %v", n, err)
+	}
+	select {
+	case <-done:
+		t.Fatal("another process with the recorded pid was ended")
+	default:
+	}
+}

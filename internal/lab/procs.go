@@ -209,6 +209,11 @@ func stopProcs(procs []Proc, dir string, grace time.Duration) (int, error) {
 	members := func() []int {
 		var out []int
 		for _, p := range procs {
+			// A live process with the leader's pid and another start time
+			// is someone else's session leader: the pid was reused.
+			if info, err := readProc(p.Pid); err == nil && info.startTime != p.StartTime {
+				continue
+			}
 			out = append(out, sessionMembers(p.Pid, p.StartTime)...)
 		}
 		return append(out, strays(dir)...)
