@@ -83,6 +83,7 @@ fuzz:
 bench: deps build
 	$(GO) test -run '^$$' -bench . -benchtime 1x ./internal/store/bolt ./internal/noderange ./internal/mirror
 	DROVER_BIN=$(CURDIR)/$(BIN) $(GO) run ./bench/agents -agents 10000
+	DROVER_BIN=$(CURDIR)/$(BIN) $(GO) run ./bench/run -agents 10000
 	DROVER_BIN=$(CURDIR)/$(BIN) $(GO) run ./bench/dhcp
 
 clean:
