@@ -115,6 +115,20 @@ func TestRunCommandOnAgents(t *testing.T) {
 		t.Errorf("big output: %d bytes kept, %d dropped", len(l.Stdout), l.StdoutDropped)
 	}
 
+	// With fanout 1 the nodes take turns: each holds a lock directory
+	// while it runs, and would fail to make it if another held it.
+	lock := filepath.Join(t.TempDir(), "lock")
+	res, _, err = run(t, e.admin, api.RunRequest{Nodes: "n[1-3]", Fanout: 1,
+		Argv: []string{"sh", "-c", "mkdir " + lock + " || exit 9; sleep 0.3; rmdir " + lock}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, n := range []string{"n1", "n2", "n3"} {
+		if !res[n].OK() {
+			t.Errorf("fanout 1: %s ran beside another: %+v", n, res[n])
+		}
+	}
+
 	// A timeout kills the command.
 	start := time.Now()
 	res, _, err = run(t, e.admin, api.RunRequest{Nodes: "n1", Argv: []string{"sleep", "30"}, Timeout: "300ms"})
