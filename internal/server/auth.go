@@ -142,6 +142,11 @@ func (s *Server) userOnly(h func(http.ResponseWriter, *http.Request, *principal)
 			writeError(w, apiError(http.StatusForbidden, "forbidden", "an agent token can only use the agent API of its own machine"))
 			return
 		}
+		if isInteractive(r) {
+			// Only once signed in can a request hold agents back.
+			s.gate.enter()
+			defer s.gate.leave()
+		}
 		h(w, r, p)
 	})
 }

@@ -72,6 +72,9 @@ func (s *Server) routes(ctx context.Context) http.Handler {
 	})
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		s.metrics.requests.Add(1)
+		if isAgentRequest(r) && s.gate.wait(r.Context()) {
+			s.metrics.agentsHeld.Add(1)
+		}
 		mux.ServeHTTP(w, r)
 	})
 }

@@ -97,6 +97,8 @@ type Server struct {
 	ln      net.Listener
 	started time.Time
 	metrics *metrics
+	// gate serves people's requests before agents' (priority.go).
+	gate *priorityGate
 	// lists serve the kinds listed most (machines) from memory.
 	lists map[string]*listCache
 	// contentMu serializes pack installs and removals.
@@ -105,14 +107,14 @@ type Server struct {
 	dhcp *dhcp.Server
 	// boot are the HTTP boot and TFTP servers (boot.go).
 	boot *bootServices
-	// endpointID is this endpoint's stable id (DATA_DIR/endpoint-id).
-	endpointID string
-	// sites mirror the sites registered with this endpoint (sites.go).
-	sites *siteSet
 	// cmds holds ad-hoc commands (drover run, drover cp) in memory (run.go);
 	// cmdSites are the sites they may reach (run_sites.go).
 	cmds     *adhoc.Hub
 	cmdSites commandSites
+	// endpointID is this endpoint's stable id (DATA_DIR/endpoint-id).
+	endpointID string
+	// sites mirror the sites registered with this endpoint (sites.go).
+	sites *siteSet
 
 	// InitialAdminPassword is set when this start generated the admin
 	// password (first start without DROVER_ADMIN_PASSWORD).
@@ -137,7 +139,7 @@ func New(cfg Config) (*Server, error) {
 	if err := bootDefaults(&cfg); err != nil {
 		return nil, err
 	}
-	s := &Server{cfg: cfg, log: cfg.Logger, started: time.Now(), metrics: newMetrics()}
+	s := &Server{cfg: cfg, log: cfg.Logger, started: time.Now(), metrics: newMetrics(), gate: newPriorityGate()}
 	s.sites = newSiteSet(s)
 	var bootAddr netip.Addr
 	if cfg.BootAddress != "" {
