@@ -226,7 +226,11 @@ func (a *Agent) Run(parent context.Context) error {
 	// on: a command must not wait for a long job, and the poll is how
 	// commands arrive. Run returns once they have all stopped.
 	var work sync.WaitGroup
-	defer work.Wait()
+	defer func() {
+		// On a fatal error too: stop them, then wait.
+		fail(nil)
+		work.Wait()
+	}()
 	backoff := newBackoff()
 	commands := true
 	for ctx.Err() == nil {
