@@ -81,4 +81,10 @@ type ContentPushResponse struct {
 	Changes         PackChanges `json:"changes"`
 	Overridden      []string    `json:"overridden,omitempty"`
 	Revision        int64       `json:"revision"`
+	// Kept is "kept" when this version went into the endpoint's pack
+	// library, "replaced" when the library held this version with other
+	// content (it now holds this one), empty when it held it already.
+	Kept string `json:"kept,omitempty"`
+	// LibraryOnly: the pack was kept in the library, not installed.
+	LibraryOnly bool `json:"libraryOnly,omitempty"`
 }

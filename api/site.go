@@ -32,9 +32,11 @@ type Site struct {
 	// secret key; every read shows it masked.
 	Credential string `json:"credential,omitempty"`
 	// EndpointID is the site's own endpoint id, learned when it was added.
-	EndpointID string     `json:"endpointID,omitempty"`
-	AddedAt    time.Time  `json:"addedAt"`
-	Status     SiteStatus `json:"status,omitempty"`
+	EndpointID string    `json:"endpointID,omitempty"`
+	AddedAt    time.Time `json:"addedAt"`
+	// Sync is the version set the site is kept at, if any.
+	Sync   *SiteSync  `json:"sync,omitempty"`
+	Status SiteStatus `json:"status,omitempty"`
 }
 
 // SiteStatus is what the manager's mirror knows of a site.
@@ -58,6 +60,11 @@ type SiteStatus struct {
 	Relists int64 `json:"relists"`
 	// Objects is how many of the site's objects the mirror holds.
 	Objects int `json:"objects"`
+	// Version is the drover version the site reported when the mirror
+	// last connected.
+	Version string `json:"version,omitempty"`
+	// Sync compares the site with its version set (nil without one).
+	Sync *SiteSyncStatus `json:"sync,omitempty"`
 }
 
 // SiteAddRequest registers a site. The admin credentials are used once, to

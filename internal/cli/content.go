@@ -30,10 +30,16 @@ get the pack's back.`,
 }
 
 func newContentPushCmd() *cobra.Command {
+	var libraryOnly bool
 	cmd := &cobra.Command{
 		Use:   "push DIR|FILE",
 		Short: "Check a content pack and install it (or upgrade the installed version), all or nothing",
-		Args:  cobra.ExactArgs(1),
+		Long: `Check a content pack and install it (or upgrade the installed version), all
+or nothing. Every version installed is also kept in the endpoint's pack
+library, from which a manager pushes packs to the sites it keeps at a version
+set (drover sites sync); --library-only keeps it there without installing it
+(a version for some sites that the manager itself should not run).`,
+		Args: cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			// Load here first: a pack that does not parse is reported with
 			// its files and lines before anything is sent.
@@ -45,8 +51,12 @@ func newContentPushCmd() *cobra.Command {
 			if err != nil {
 				return err
 			}
+			path := "/api/v1/content"
+			if libraryOnly {
+				path += "?library=1"
+			}
 			var resp api.ContentPushResponse
-			if err := c.Do(ctxOf(cmd), http.MethodPost, "/api/v1/content", pack, &resp); err != nil {
+			if err := c.Do(ctxOf(cmd), http.MethodPost, path, pack, &resp); err != nil {
 				return err
 			}
 			printPush(cmd.OutOrStdout(), &resp)
@@ -54,10 +64,27 @@ func newContentPushCmd() *cobra.Command {
 		},
 	}
 	addClientFlags(cmd)
+	cmd.Flags().BoolVar(&libraryOnly, "library-only", false, "keep the pack in the pack library for version sets without installing it here")
 	return cmd
 }
 
 func printPush(w io.Writer, r *api.ContentPushResponse) {
+	if r.LibraryOnly {
+		switch r.Kept {
+		case "":
+			fmt.Fprintf(w, "content pack %s %s is already in the library (no change; not installed here)\n", r.Pack, r.Version)
+		case "replaced":
+			fmt.Fprintf(w, "content pack %s %s replaced in the library: it held this version with other content (sites kept at it get this content); not installed here\n", r.Pack, r.Version)
+		default:
+			fmt.Fprintf(w, "content pack %s %s kept in the library (not installed here)\n", r.Pack, r.Version)
+		}
+		return
+	}
+	defer func() {
+		if r.Kept == "replaced" {
+			fmt.Fprintf(w, "  library: %s %s held other content under this version; it now holds this one (sites kept at it get this content)\n", r.Pack, r.Version)
+		}
+	}()
 	switch {
 	case r.Unchanged:
 		fmt.Fprintf(w, "content pack %s %s is already installed (no change)\n", r.Pack, r.Version)
@@ -87,14 +114,26 @@ func listPacks(ctx context.Context, c *api.Client) ([]api.ContentPack, error) {
 }
 
 func newContentListCmd() *cobra.Command {
+	var library bool
 	cmd := &cobra.Command{
 		Use:   "list",
-		Short: "List installed content packs",
+		Short: "List installed content packs (--library: every version kept in the pack library)",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			c, err := client(cmd)
 			if err != nil {
 				return err
+			}
+			if library {
+				l, err := c.List(ctxOf(cmd), "packversions", "")
+				if err != nil {
+					return err
+				}
+				if len(l.Items) == 0 {
+					fmt.Fprintln(cmd.ErrOrStderr(), "the pack library is empty")
+					return nil
+				}
+				return printPackVersions(cmd.OutOrStdout(), l.Items, false)
 			}
 			packs, err := listPacks(ctxOf(cmd), c)
 			if err != nil {
@@ -121,6 +160,7 @@ func newContentListCmd() *cobra.Command {
 		},
 	}
 	addClientFlags(cmd)
+	cmd.Flags().BoolVar(&library, "library", false, "list the pack library: every version kept, installed here or not")
 	return cmd
 }
 

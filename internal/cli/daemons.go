@@ -49,6 +49,7 @@ func newServerCmd() *cobra.Command {
 			}
 			cfg.AdminPassword = os.Getenv("DROVER_ADMIN_PASSWORD")
 			cfg.Logger = logger(cmd)
+			cfg.Version = Version
 			srv, err := server.New(cfg)
 			if err != nil {
 				return err

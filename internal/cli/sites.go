@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/drover-project/drover/api"
+	"github.com/drover-project/drover/internal/tables"
 	"github.com/spf13/cobra"
 	"golang.org/x/term"
 )
@@ -25,7 +26,7 @@ func newSitesCmd() *cobra.Command {
 their objects (drover get machines then lists every site's machines, with a
 SITE column; -l site=NAME selects one site). See docs/sites.md.`,
 	}
-	cmd.AddCommand(newSitesAddCmd(), newSitesRemoveCmd(), newSitesListCmd())
+	cmd.AddCommand(newSitesAddCmd(), newSitesRemoveCmd(), newSitesListCmd(), newSitesSyncCmd())
 	return cmd
 }
 
@@ -186,7 +187,7 @@ func printSites(w io.Writer, items []json.RawMessage, wide bool) error {
 	defer tw.Flush()
 	fmt.Fprint(tw, "NAME\tURL\tCONNECTED\tLAST CONTACT\tSITE REV\tCURSOR\tLAG\tVERSION SET\tSYNC")
 	if wide {
-		fmt.Fprint(tw, "\tUSER\tOBJECTS\tRELISTS\tERROR")
+		fmt.Fprint(tw, "\tUSER\tOBJECTS\tRELISTS\tVERSION\tERROR\tWHAT DIFFERS")
 	}
 	fmt.Fprintln(tw)
 	for _, raw := range items {
@@ -200,14 +201,14 @@ func printSites(w io.Writer, items []json.RawMessage, wide bool) error {
 			connected = "yes"
 		}
 		lag := fmt.Sprintf("%d rev %s", st.LagRevisions, (time.Duration(st.LagSeconds * float64(time.Second))).Round(100*time.Millisecond))
-		// VERSION SET and SYNC belong to version sets, which come later.
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%d\t%d\t%s\t-\t-", s.Name, s.URL, connected, age(st.LastContact), st.SiteRevision, st.Cursor, lag)
+		set, syncState, differs := siteSyncColumns(&s)
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%d\t%d\t%s\t%s\t%s", s.Name, s.URL, connected, age(st.LastContact), st.SiteRevision, st.Cursor, lag, set, syncState)
 		if wide {
 			errText := st.Error
 			if errText == "" {
 				errText = "-"
 			}
-			fmt.Fprintf(tw, "\t%s\t%d\t%d\t%s", s.ManagementUser, st.Objects, st.Relists, errText)
+			fmt.Fprintf(tw, "\t%s\t%d\t%d\t%s\t%s\t%s", s.ManagementUser, st.Objects, st.Relists, tables.Dash(st.Version), errText, differs)
 		}
 		fmt.Fprintln(tw)
 	}

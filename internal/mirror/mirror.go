@@ -41,13 +41,15 @@ type Dialer interface {
 type Kind struct{ Kind, Plural string }
 
 // DefaultKinds are every kind the API lists except credentials (users,
-// tokens, join tokens) and sites: a nested manager's sites are reached
-// through it, not mirrored (docs/sites.md).
+// tokens, join tokens), sites (a nested manager's sites are reached
+// through it, not mirrored: docs/sites.md) and the site's pack library
+// (every version of every pack it ever installed; what it runs is its
+// ContentPacks).
 func DefaultKinds() []Kind {
 	var out []Kind
 	for _, k := range model.Kinds() {
 		switch k.Kind {
-		case api.KindUser, api.KindToken, api.KindJoinToken, api.KindSite:
+		case api.KindUser, api.KindToken, api.KindJoinToken, api.KindSite, api.KindPackVersion:
 			continue
 		}
 		out = append(out, Kind{Kind: k.Kind, Plural: k.Plural})
@@ -99,6 +101,12 @@ type state struct {
 	relists     int64
 	objects     int
 	behindSince time.Time
+	// version is the drover version the site reported at the last
+	// connect.
+	version string
+	// kindRev is, per kind, the revision of the last event of that kind
+	// received (or of the last listing).
+	kindRev map[string]int64
 }
 
 // Open opens (or creates) a site's mirror file.
@@ -134,7 +142,7 @@ func Open(cfg Config) (*Mirror, error) {
 	for _, k := range cfg.Kinds {
 		m.mirrored[k.Kind] = true
 	}
-	m.st = state{cursor: meta.cursor, siteRev: meta.cursor, listed: meta.listed, relists: meta.relists, objects: meta.objects}
+	m.st = state{cursor: meta.cursor, siteRev: meta.cursor, listed: meta.listed, relists: meta.relists, objects: meta.objects, kindRev: map[string]int64{}}
 	return m, nil
 }
 
@@ -165,6 +173,7 @@ func (m *Mirror) Status() api.SiteStatus {
 		LagRevisions: max(0, m.st.siteRev-m.st.cursor),
 		Relists:      m.st.relists,
 		Objects:      m.st.objects,
+		Version:      m.st.version,
 	}
 	if !m.st.lastContact.IsZero() {
 		t := m.st.lastContact.UTC()
@@ -180,6 +189,15 @@ func (m *Mirror) Status() api.SiteStatus {
 	}
 	st.LagSeconds = math.Round(st.LagSeconds*1000) / 1000
 	return st
+}
+
+// KindRevision is the site's revision of the last change of kind the
+// mirror received (or of its last listing of the site): a reader that
+// cares about one kind compares it to tell whether that kind changed.
+func (m *Mirror) KindRevision(kind string) int64 {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return m.st.kindRev[kind]
 }
 
 // Changed returns a channel closed at the next change of the mirror's
@@ -277,6 +295,7 @@ func (m *Mirror) session(ctx context.Context, renew bool) error {
 	m.update(func(st *state) {
 		st.lastContact = time.Now()
 		st.siteRev = max(st.siteRev, info.Revision)
+		st.version = info.Version
 	})
 	if _, listed := m.cursor(); !listed {
 		if err := m.relist(ctx, c); err != nil {
@@ -335,6 +354,9 @@ func (m *Mirror) relist(ctx context.Context, c *api.Client) error {
 	}
 	m.update(func(st *state) {
 		st.cursor, st.listed, st.objects = cursor, true, n
+		for _, l := range lists {
+			st.kindRev[l.kind] = max(st.kindRev[l.kind], cursor)
+		}
 		st.relists++
 		st.siteRev = max(st.siteRev, cursor)
 		st.lastContact = time.Now()
@@ -457,6 +479,9 @@ type reader struct {
 	complete int64 // every event up to here was received
 	siteRev  int64
 	dirty    bool
+	// kinds are the kinds of the batch's events, with their latest
+	// revision.
+	kinds map[string]int64
 }
 
 func (r *reader) add(ev event) {
@@ -465,6 +490,10 @@ func (r *reader) add(ev event) {
 		r.pending = ev.Revision
 	}
 	r.siteRev = max(r.siteRev, ev.Revision)
+	if r.kinds == nil {
+		r.kinds = map[string]int64{}
+	}
+	r.kinds[ev.Kind] = max(r.kinds[ev.Kind], ev.Revision)
 	r.batch = append(r.batch, ev)
 	r.dirty = true
 }
@@ -504,7 +533,11 @@ func (r *reader) flush() error {
 		st.objects += delta
 		st.siteRev = max(st.siteRev, r.siteRev)
 		st.lastContact = time.Now()
+		for k, rev := range r.kinds {
+			st.kindRev[k] = max(st.kindRev[k], rev)
+		}
 	})
+	clear(r.kinds)
 	r.batch = r.batch[:0]
 	r.dirty = false
 	return nil

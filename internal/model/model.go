@@ -48,6 +48,8 @@ var kinds = []KindInfo{
 	{Kind: api.KindReservation, Plural: "reservations", New: func() api.Object { return &api.Reservation{} }},
 	{Kind: api.KindLease, Plural: "leases", New: func() api.Object { return &api.Lease{} }, Managed: true},
 	{Kind: api.KindSite, Plural: "sites", New: func() api.Object { return &api.Site{} }, Aliases: []string{"site"}, Managed: true},
+	{Kind: api.KindVersionSet, Plural: "versionsets", New: func() api.Object { return &api.VersionSet{} }, Aliases: []string{"versionset", "version-set", "version-sets", "vs"}},
+	{Kind: api.KindPackVersion, Plural: "packversions", New: func() api.Object { return &api.PackVersion{} }, Aliases: []string{"packversion", "pack-version", "pack-versions"}, Managed: true},
 }
 
 var kindByAlias = func() map[string]*KindInfo {

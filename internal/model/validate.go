@@ -138,6 +138,8 @@ func Validate(obj api.Object) error {
 		}
 	case *api.Policy:
 		return validatePolicy(o)
+	case *api.VersionSet:
+		return validateVersionSet(o)
 	case *api.Subnet:
 		return validateSubnet(o)
 	case *api.Reservation:

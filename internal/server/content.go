@@ -65,7 +65,13 @@ func (s *Server) handleContentPush(w http.ResponseWriter, r *http.Request, p *pr
 		writeError(w, badRequest("bad content pack: %s (send what `drover content push` sends: a pack loaded with internal/content, as JSON)", strings.TrimPrefix(err.Error(), "json: ")))
 		return
 	}
-	resp, err := s.installPack(r.Context(), p, &pack, false)
+	install := s.installPack
+	if r.URL.Query().Get("library") != "" {
+		install = func(ctx context.Context, p *principal, pack *content.Pack, _ bool) (*api.ContentPushResponse, error) {
+			return s.keepPack(ctx, p, pack)
+		}
+	}
+	resp, err := install(r.Context(), p, &pack, false)
 	if err != nil {
 		writeError(w, err)
 		return
@@ -183,9 +189,19 @@ func (s *Server) installPack(ctx context.Context, p *principal, pack *content.Pa
 	}
 	src := api.PackSource(pack.Name, pack.Version)
 	prefix := packSourcePrefix(pack.Name)
+	now := time.Now().UTC()
+	keep, replaced, err := s.keepOp(ctx, p, pack, now)
+	if err != nil {
+		return nil, err
+	}
 	if old != nil && old.Digest == pack.Digest && old.Version == pack.Version {
-		rev, err := s.st.Revision(ctx)
-		return &api.ContentPushResponse{Pack: pack.Name, Version: pack.Version, Unchanged: true, Overridden: old.Status.Overridden, Revision: rev}, err
+		resp := &api.ContentPushResponse{Pack: pack.Name, Version: pack.Version, Unchanged: true, Overridden: old.Status.Overridden, Kept: keptNote(keep, replaced)}
+		if keep == nil {
+			resp.Revision, err = s.st.Revision(ctx)
+		} else {
+			_, resp.Revision, err = s.st.Txn(ctx, []store.Op{*keep})
+		}
+		return resp, err
 	}
 
 	// Type every object as the model would for an apply, so a pack can
@@ -217,7 +233,6 @@ func (s *Server) installPack(ctx context.Context, p *principal, pack *content.Pa
 	if err != nil {
 		return nil, err
 	}
-	now := time.Now().UTC()
 	var ops []store.Op
 	var overridden []string
 	for i, obj := range objs {
@@ -299,7 +314,22 @@ func (s *Server) installPack(ctx context.Context, p *principal, pack *content.Pa
 	if old != nil {
 		packOp.Type, packOp.ExpectRevision = store.OpUpdate, old.Revision
 	}
-	ops = append(ops, packOp, s.auditOp(p, action, api.KindContentPack+"/"+pack.Name, detail, now, len(ops)))
+	ops = append(ops, packOp)
+	if keep != nil {
+		ops = append(ops, *keep)
+	}
+	if oldPack != nil && oldPack.Version != pack.Version {
+		// The version replaced stays in the library (it may have been
+		// installed before endpoints kept one); a copy there wins.
+		oldKeep, _, err := s.keepOp(ctx, p, oldPack, now)
+		if err != nil {
+			return nil, err
+		}
+		if oldKeep != nil && oldKeep.Type == store.OpCreate {
+			ops = append(ops, *oldKeep)
+		}
+	}
+	ops = append(ops, s.auditOp(p, action, api.KindContentPack+"/"+pack.Name, detail, now, len(ops)))
 	_, rev, err := s.st.Txn(ctx, ops)
 	if err != nil {
 		var te *store.TxnError
@@ -310,7 +340,7 @@ func (s *Server) installPack(ctx context.Context, p *principal, pack *content.Pa
 	}
 	return &api.ContentPushResponse{
 		Pack: pack.Name, Version: pack.Version, PreviousVersion: cp.Status.PreviousVersion,
-		Changes: cp.Status.Changes, Overridden: overridden, Revision: rev,
+		Changes: cp.Status.Changes, Overridden: overridden, Revision: rev, Kept: keptNote(keep, replaced),
 	}, nil
 }
 

@@ -879,6 +879,11 @@ func (s *Server) handleDelete(w http.ResponseWriter, r *http.Request, p *princip
 			writeError(w, apiError(http.StatusConflict, "conflict", "run %q is running; it can be deleted once it has finished", name))
 			return
 		}
+	case api.KindVersionSet, api.KindPackVersion:
+		if err := s.refuseDeleteInUse(r.Context(), k.Kind, name); err != nil {
+			writeError(w, err)
+			return
+		}
 	}
 	if content.KindAllowed(k.Kind) {
 		if done := s.deletePackAware(w, r, p, k.Kind, name, expect); done {

@@ -39,6 +39,7 @@ func (s *Server) routes(ctx context.Context) http.Handler {
 	mux.HandleFunc("GET /api/v1/endpoint", s.userOnly(s.handleEndpointInfo))
 	mux.HandleFunc("POST /api/v1/sites", s.userOnly(s.handleAddSite))
 	mux.HandleFunc("DELETE /api/v1/sites/{name}", s.userOnly(s.handleRemoveSite))
+	mux.HandleFunc("POST /api/v1/sites/{name}/sync", s.userOnly(s.handleSiteSync))
 
 	mux.HandleFunc("GET /api/v1/objects/{kind}", s.userOnly(s.handleList))
 	mux.HandleFunc("GET /api/v1/objects/{kind}/{name...}", s.userOnly(s.handleGet))

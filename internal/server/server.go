@@ -83,6 +83,9 @@ type Config struct {
 	TFTPDir    string
 	// MaxCopyBytes limits the archive of a drover cp (0: 64 MiB).
 	MaxCopyBytes int64
+	// Version is the drover version this server reports (GET
+	// /api/v1/endpoint), which a manager compares with its version sets.
+	Version string
 }
 
 // Server is a running site endpoint.

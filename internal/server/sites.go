@@ -78,7 +78,7 @@ func (s *Server) handleEndpointInfo(w http.ResponseWriter, r *http.Request, _ *p
 		writeError(w, err)
 		return
 	}
-	writeJSON(w, http.StatusOK, api.EndpointInfo{ID: s.endpointID, Revision: rev, OldestRevision: oldest})
+	writeJSON(w, http.StatusOK, api.EndpointInfo{ID: s.endpointID, Revision: rev, OldestRevision: oldest, Version: s.cfg.Version})
 }
 
 // siteConn is the manager's authenticated way into one site: the site's
@@ -154,6 +154,8 @@ type siteRun struct {
 	name   string
 	conn   *siteConn
 	mirror *mirror.Mirror
+	// sync keeps the site at its version set (sites_sync.go).
+	sync *siteSyncer
 	// err says why the site has no mirror (its credential cannot be
 	// opened, its mirror file cannot be opened).
 	err    error
@@ -185,7 +187,11 @@ func (ss *siteSet) run(ctx context.Context, wg *sync.WaitGroup) {
 		ss.startLocked(&site, "")
 	}
 	ss.mu.Unlock()
-	wg.Add(1)
+	wg.Add(2)
+	go func() {
+		defer wg.Done()
+		ss.watchSync(ctx)
+	}()
 	go func() {
 		defer wg.Done()
 		<-ctx.Done()
@@ -220,9 +226,16 @@ func (ss *siteSet) startLocked(site *api.Site, token string) {
 	}
 	ctx, cancel := context.WithCancel(ss.ctx)
 	run.cancel = cancel
+	run.sync = newSiteSyncer(ss.s, site.Name, run.conn, run.mirror)
 	go func() {
 		defer close(run.done)
+		syncDone := make(chan struct{})
+		go func() {
+			defer close(syncDone)
+			run.sync.run(ctx)
+		}()
 		run.mirror.Run(ctx)
+		<-syncDone
 	}()
 }
 
@@ -491,7 +504,9 @@ func (s *Server) siteView(site *api.Site) *api.Site {
 	if out.Credential != "" {
 		out.Credential = strings.Trim(maskedValue, `"`)
 	}
-	out.Status = s.sites.get(site.Name).status()
+	run := s.sites.get(site.Name)
+	out.Status = run.status()
+	out.Status.Sync = run.syncStatus(site)
 	return &out
 }
 
