@@ -111,10 +111,10 @@ func printSiteSync(w io.Writer, site *api.Site) {
 	if st.Message != "" {
 		fmt.Fprintf(w, "Message:      %s\n", strings.ReplaceAll(st.Message, "\n", "\n              "))
 	}
-	fmt.Fprintf(w, "Drover:       %s\n", tables.Dash(site.Status.Version))
-	fmt.Fprintf(w, "Checked:      %s ago\n", age(st.CheckedAt))
+	fmt.Fprintf(w, "Site runs:    drover %s\n", dashIfEmpty(site.Status.Version, "(version unknown)"))
+	fmt.Fprintf(w, "Checked:      %s\n", age(st.CheckedAt))
 	if st.LastPush != "" {
-		fmt.Fprintf(w, "Last push:    %s, %s ago\n", st.LastPush, age(st.LastPushAt))
+		fmt.Fprintf(w, "Last push:    %s, %s\n", st.LastPush, age(st.LastPushAt))
 	}
 	if len(st.Differences) > 0 {
 		fmt.Fprintln(w)
@@ -125,7 +125,8 @@ func printSiteSync(w io.Writer, site *api.Site) {
 		}
 		tw.Flush()
 		for _, d := range st.Differences {
-			if d.Error != "" {
+			// The message holds the errors that make the site failed.
+			if d.Error != "" && !strings.Contains(st.Message, d.Error) {
 				what := "drover"
 				if d.Pack != "" {
 					what = "pack " + d.Pack
@@ -137,6 +138,13 @@ func printSiteSync(w io.Writer, site *api.Site) {
 	if len(st.Unmanaged) > 0 {
 		fmt.Fprintf(w, "\nNot in the set (left alone): %s\n", strings.Join(st.Unmanaged, ", "))
 	}
+}
+
+func dashIfEmpty(s, otherwise string) string {
+	if s == "" {
+		return otherwise
+	}
+	return s
 }
 
 // siteSyncColumns are the VERSION SET and SYNC cells of a site, and what

@@ -861,4 +861,5 @@ func (s *Server) writeSiteMetrics(w io.Writer) {
 			fmt.Fprintf(w, "%s{site=%q} %v\n", m.name, run.name, m.value(statuses[i]))
 		}
 	}
+	writeSyncMetrics(w, runs)
 }

@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"net/http"
 	"sort"
@@ -240,7 +241,9 @@ func (y *siteSyncer) evaluate(ctx context.Context) time.Duration {
 		return 0
 	}
 	var vs api.VersionSet
-	if err := getObj(ctx, y.s.st, api.KindVersionSet, cfg.VersionSet, &vs); err != nil {
+	err := getObj(ctx, y.s.st, api.KindVersionSet, cfg.VersionSet, &vs)
+	vsRev := vs.Revision
+	if err != nil {
 		if errors.Is(err, store.ErrNotFound) {
 			return fail(api.SyncFailed, "version set %q not found on the manager: apply it again, or give the site another (drover sites sync %s --version-set NAME)", cfg.VersionSet, y.name)
 		}
@@ -256,6 +259,7 @@ func (y *siteSyncer) evaluate(ctx context.Context) time.Duration {
 	if mst.Relists == 0 {
 		return fail(api.SyncUnknown, "the site has not been listed yet (%s); it is compared once the mirror holds it", dashIfEmpty(mst.Error, "connecting"))
 	}
+	sitePacksRev := y.mirror.KindRevision(api.KindContentPack)
 	installed, err := y.sitePacks()
 	if err != nil {
 		fail(api.SyncFailed, "reading the mirror: %v", err)
@@ -312,7 +316,9 @@ func (y *siteSyncer) evaluate(ctx context.Context) time.Duration {
 			d.Action = "not pushed: the site did not answer"
 			continue
 		}
-		key := p.Digest + " over " + d.Site + " " + d.SiteDigest
+		// A refusal depends on what is pushed and on the site's other
+		// packs (requirements, clashes): a change of either retries.
+		key := fmt.Sprintf("%s %s over site packs at %d, set at %d", p.Name, p.Digest, sitePacksRev, vsRev)
 		if inf, ok := y.inflight[p.Name]; ok && inf.digest == p.Digest {
 			d.Action = "pushed, waiting for the mirror"
 			pending = true
@@ -587,4 +593,30 @@ func (s *Server) versionSetNames(ctx context.Context) string {
 	}
 	sort.Strings(names)
 	return "; this manager has " + strings.Join(names, ", ")
+}
+
+// writeSyncMetrics writes each synced site's state: 1 for its state, 0 for
+// the others (sites without a version set are left out).
+func writeSyncMetrics(w io.Writer, runs []*siteRun) {
+	header := false
+	for _, run := range runs {
+		if run.sync == nil {
+			continue
+		}
+		st := run.sync.Status()
+		if st == nil {
+			continue
+		}
+		if !header {
+			fmt.Fprint(w, "# HELP drover_site_sync_state 1 for the site's version set sync state (in-sync, drifted, failed, unknown).\n# TYPE drover_site_sync_state gauge\n")
+			header = true
+		}
+		for _, state := range []string{api.SyncInSync, api.SyncDrifted, api.SyncFailed, api.SyncUnknown} {
+			v := 0
+			if st.State == state {
+				v = 1
+			}
+			fmt.Fprintf(w, "drover_site_sync_state{site=%q,state=%q} %d\n", run.name, state, v)
+		}
+	}
 }

@@ -97,6 +97,9 @@ func TestSiteSyncVersionSet(t *testing.T) {
 	if v := installedVersion(t, site, "site"); v != "1.1.0" {
 		t.Fatalf("site has %q after sync", v)
 	}
+	if code, body := manager.raw(manager.admin.Token, http.MethodGet, "/metrics", "", nil); code != http.StatusOK || !strings.Contains(string(body), `drover_site_sync_state{site="east",state="in-sync"} 1`) {
+		t.Fatalf("metrics: %d\n%s", code, body)
+	}
 
 	// Someone installs another version on the site: the mirror shows it
 	// and the manager puts the set's back.

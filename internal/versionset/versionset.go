@@ -160,6 +160,7 @@ func Compare(set *api.VersionSet, lib Library, site []Installed, siteDrover stri
 				p.Action = ActionPush
 			} else {
 				p.Action = ActionCannot
+				d.Action = "cannot be pushed: the manager does not hold it"
 				d.Error = NotHeldError(lib, want.Name, want.Version)
 			}
 			p.Difference = d
