@@ -51,6 +51,9 @@ type ApplyResult struct {
 	Name     string `json:"name"`
 	Action   string `json:"action"` // created, updated, unchanged
 	Revision int64  `json:"revision"`
+	// Warnings are what the object names that is not there yet (a version
+	// set's pack versions the manager does not hold).
+	Warnings []string `json:"warnings,omitempty"`
 }
 
 // ApplyResponse is the answer to an apply.

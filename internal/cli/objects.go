@@ -92,6 +92,9 @@ func newApplyCmd() *cobra.Command {
 			}
 			for _, r := range resp.Results {
 				fmt.Fprintf(cmd.OutOrStdout(), "%s/%s %s\n", strings.ToLower(r.Kind), r.Name, r.Action)
+				for _, w := range r.Warnings {
+					fmt.Fprintf(cmd.ErrOrStderr(), "warning: %s/%s: %s\n", strings.ToLower(r.Kind), r.Name, w)
+				}
 			}
 			return nil
 		},

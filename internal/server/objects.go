@@ -498,6 +498,7 @@ func (s *Server) apply(ctx context.Context, p *principal, docs []json.RawMessage
 		}
 		results = append(results, res)
 	}
+	s.versionSetWarnings(ctx, objs, results)
 	sealOps, err := s.sealStoredValues(ctx, p, batchParams, seen, now)
 	if err != nil {
 		return nil, err

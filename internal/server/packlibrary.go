@@ -238,3 +238,25 @@ func (s *Server) sitesKeptAt(ctx context.Context, name string) ([]string, error)
 	}
 	return out, nil
 }
+
+// versionSetWarnings notes, on the apply results of version sets, the
+// pack versions they name that the library does not hold: applying such a
+// set is allowed (the packs may be pushed next), but sites kept at it fail
+// until they are.
+func (s *Server) versionSetWarnings(ctx context.Context, objs []api.Object, results []api.ApplyResult) {
+	var lib versionset.Library
+	for i, obj := range objs {
+		vs, ok := obj.(*api.VersionSet)
+		if !ok || i >= len(results) {
+			continue
+		}
+		if lib == nil {
+			var err error
+			if lib, _, err = s.library(ctx); err != nil {
+				s.log.Warn("cannot read the pack library to check a version set", "err", err)
+				return
+			}
+		}
+		results[i].Warnings = versionset.Missing(vs, lib)
+	}
+}

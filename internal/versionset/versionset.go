@@ -221,3 +221,15 @@ func pushOrder(packs []Pack, requires map[string][]string) []Pack {
 	}
 	return out
 }
+
+// Missing says, for each pack version of the set the library does not
+// hold, what to do about it.
+func Missing(set *api.VersionSet, lib Library) []string {
+	var out []string
+	for _, p := range set.Packs {
+		if _, ok := lib.find(p.Name, p.Version); !ok {
+			out = append(out, "pack "+p.Name+": "+NotHeldError(lib, p.Name, p.Version))
+		}
+	}
+	return out
+}

@@ -91,6 +91,10 @@ func TestCompareNotHeld(t *testing.T) {
 	if res.Drover != nil {
 		t.Fatalf("no drover version in the set, yet %+v", res.Drover)
 	}
+	missing := Missing(set("", "site", "1.3.0", "drover-default", "1.2.0", "nowhere", "1.0.0"), lib)
+	if len(missing) != 2 || !strings.HasPrefix(missing[0], "pack site: the manager holds site 1.0.0, 1.1.0;") || !strings.HasPrefix(missing[1], "pack nowhere: the manager holds no version of pack nowhere;") {
+		t.Fatalf("Missing: %q", missing)
+	}
 }
 
 func TestSameVersion(t *testing.T) {
