@@ -6,10 +6,12 @@ import (
 	"io"
 	"net/http"
 	"net/url"
+	"slices"
 	"sort"
 	"strings"
 	"text/tabwriter"
 
+	"github.com/Masterminds/semver/v3"
 	"github.com/drover-project/drover/api"
 	"github.com/drover-project/drover/internal/content"
 	"github.com/drover-project/drover/internal/tables"
@@ -89,7 +91,11 @@ func printPush(w io.Writer, r *api.ContentPushResponse) {
 	case r.Unchanged:
 		fmt.Fprintf(w, "content pack %s %s is already installed (no change)\n", r.Pack, r.Version)
 	case r.PreviousVersion != "":
-		fmt.Fprintf(w, "content pack %s upgraded %s -> %s\n", r.Pack, r.PreviousVersion, r.Version)
+		verb := "upgraded"
+		if older(r.Version, r.PreviousVersion) {
+			verb = "downgraded"
+		}
+		fmt.Fprintf(w, "content pack %s %s %s -> %s\n", r.Pack, verb, r.PreviousVersion, r.Version)
 	default:
 		fmt.Fprintf(w, "content pack %s %s installed\n", r.Pack, r.Version)
 	}
@@ -115,6 +121,7 @@ func listPacks(ctx context.Context, c *api.Client) ([]api.ContentPack, error) {
 
 func newContentListCmd() *cobra.Command {
 	var library bool
+	var site string
 	cmd := &cobra.Command{
 		Use:   "list",
 		Short: "List installed content packs (--library: every version kept in the pack library)",
@@ -144,8 +151,19 @@ func newContentListCmd() *cobra.Command {
 				return nil
 			}
 			tw := tabwriter.NewWriter(cmd.OutOrStdout(), 0, 4, 2, ' ', 0)
+			// On a manager the list holds its sites' packs too (mirrored).
+			sites := slices.ContainsFunc(packs, func(p api.ContentPack) bool { return p.Site != "" })
+			if sites {
+				fmt.Fprint(tw, "SITE\t")
+			}
 			fmt.Fprintln(tw, "NAME\tVERSION\tOBJECTS\tOVERRIDDEN\tINSTALLED\tBY\tDESCRIPTION")
 			for _, p := range packs {
+				if site != "" && p.Site != site {
+					continue
+				}
+				if sites {
+					fmt.Fprintf(tw, "%s\t", tables.Dash(p.Site))
+				}
 				desc := p.Description
 				if len(desc) > 60 {
 					desc = desc[:57] + "..."
@@ -161,6 +179,7 @@ func newContentListCmd() *cobra.Command {
 	}
 	addClientFlags(cmd)
 	cmd.Flags().BoolVar(&library, "library", false, "list the pack library: every version kept, installed here or not")
+	cmd.Flags().StringVar(&site, "site", "", "on a manager: the packs installed on this site (as mirrored)")
 	return cmd
 }
 
@@ -194,7 +213,7 @@ func newContentShowCmd() *cobra.Command {
 			if p.Status.Builtin {
 				by += " (built in)"
 			}
-			fmt.Fprintf(w, "Installed:   %s ago by %s", age(p.Status.InstalledAt), tables.Dash(by))
+			fmt.Fprintf(w, "Installed:   %s by %s", age(p.Status.InstalledAt), tables.Dash(by))
 			if p.Status.PreviousVersion != "" {
 				fmt.Fprintf(w, " (upgraded from %s)", p.Status.PreviousVersion)
 			}
@@ -259,4 +278,11 @@ func newContentRemoveCmd() *cobra.Command {
 	}
 	addClientFlags(cmd)
 	return cmd
+}
+
+// older reports whether version a is older than b (semantic versions).
+func older(a, b string) bool {
+	va, errA := semver.NewVersion(a)
+	vb, errB := semver.NewVersion(b)
+	return errA == nil && errB == nil && va.LessThan(vb)
 }

@@ -126,12 +126,13 @@ func (y *siteSyncer) setStatus(st *api.SiteSyncStatus, siteRev int64) {
 }
 
 // waitCompared waits until a comparison has read the site's settings at
-// revision rev or later, or until limit.
+// revision rev or later and its pushes have reached the mirror, or until
+// limit.
 func (y *siteSyncer) waitCompared(ctx context.Context, rev int64, limit time.Duration) {
 	deadline := time.After(limit)
 	for {
 		seen, done := y.compared()
-		if seen >= rev {
+		if seen >= rev && !syncPending(y.Status()) {
 			return
 		}
 		select {
@@ -142,6 +143,23 @@ func (y *siteSyncer) waitCompared(ctx context.Context, rev int64, limit time.Dur
 			return
 		}
 	}
+}
+
+// pendingAction is the action of a pushed difference the mirror does not
+// show yet.
+const pendingAction = "pushed, waiting for the mirror"
+
+// syncPending reports whether a push has not reached the mirror yet.
+func syncPending(st *api.SiteSyncStatus) bool {
+	if st == nil {
+		return false
+	}
+	for _, d := range st.Differences {
+		if d.Action == pendingAction {
+			return true
+		}
+	}
+	return false
 }
 
 // fingerprint is what of the mirror's state the comparison depends on.
@@ -162,8 +180,10 @@ func (y *siteSyncer) run(ctx context.Context) {
 	timer := time.NewTimer(time.Hour)
 	defer timer.Stop()
 	for {
-		next := y.evaluate(ctx)
+		// Taken before comparing: a change while it runs (the mirror
+		// showing a push just made) brings the loop straight back.
 		last := y.fingerprint()
+		next := y.evaluate(ctx)
 		timer.Reset(max(next, time.Millisecond))
 		if next <= 0 {
 			timer.Stop()
@@ -320,7 +340,7 @@ func (y *siteSyncer) evaluate(ctx context.Context) time.Duration {
 		// packs (requirements, clashes): a change of either retries.
 		key := fmt.Sprintf("%s %s over site packs at %d, set at %d", p.Name, p.Digest, sitePacksRev, vsRev)
 		if inf, ok := y.inflight[p.Name]; ok && inf.digest == p.Digest {
-			d.Action = "pushed, waiting for the mirror"
+			d.Action = pendingAction
 			pending = true
 			later(inf.until)
 			continue
@@ -339,7 +359,7 @@ func (y *siteSyncer) evaluate(ctx context.Context) time.Duration {
 			delete(y.refused, p.Name)
 			y.inflight[p.Name] = inflightPush{digest: p.Digest, rev: pushed.Revision, until: now.Add(syncPushSettle)}
 			later(now.Add(syncPushSettle))
-			d.Action = "pushed, waiting for the mirror"
+			d.Action = pendingAction
 			pending = true
 			at := time.Now().UTC()
 			st.LastPush, st.LastPushAt = p.Name+" "+p.Version, &at

@@ -172,12 +172,14 @@ func TestVersionSetSync(t *testing.T) {
 
 	t.Run("a pack changed on the site is restored", func(t *testing.T) {
 		out := run(east, "content", "push", v100)
+		changed := time.Now()
 		t.Logf("drover content push site 1.0.0 (on east, by hand): %s", strings.TrimSpace(out))
 		// The hand push has committed: 1.1.0 now is the manager's doing.
 		eventually(t, 30*time.Second, "east back at site 1.1.0", func() (bool, string) {
 			p := packOn(t, east, "site")
 			return p != nil && p.Version == "1.1.0", fmt.Sprintf("%+v", p)
 		})
+		t.Logf("restored by the manager within %s of the change (polled every 100 ms)", time.Since(changed).Round(10*time.Millisecond))
 		p := packOn(t, east, "site")
 		if p.Status.PreviousVersion != "1.0.0" || !strings.HasPrefix(p.Status.InstalledBy, "manager-") {
 			t.Fatalf("restored pack: %+v", p.Status)
@@ -226,10 +228,12 @@ func TestVersionSetSync(t *testing.T) {
 		if err := link.Start(); err != nil {
 			t.Fatal(err)
 		}
+		healed := time.Now()
 		eventually(t, 60*time.Second, "east restored after heal", func() (bool, string) {
 			p := packOn(t, east, "site")
 			return p != nil && p.Version == "1.1.0", fmt.Sprintf("%+v", p)
 		})
+		t.Logf("east restored %s after the link healed (the mirror reconnects with backoff)", time.Since(healed).Round(10*time.Millisecond))
 		waitSync(t, mgr, "east", api.SyncInSync, 30*time.Second, nil)
 	})
 
