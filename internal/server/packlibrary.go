@@ -125,9 +125,9 @@ func (s *Server) library(ctx context.Context) (versionset.Library, map[string]*c
 	lib := versionset.Library{}
 	byKey := map[string]*content.Pack{}
 	for _, p := range packs {
-		var reqs []string
+		var reqs []versionset.Requirement
 		for _, r := range p.Requires {
-			reqs = append(reqs, r.Name)
+			reqs = append(reqs, versionset.Requirement{Name: r.Name, Constraint: r.Version})
 		}
 		lib[p.Name] = append(lib[p.Name], versionset.Kept{Version: p.Version, Digest: p.Digest, Requires: reqs})
 		byKey[api.PackVersionName(p.Name, p.Version)] = p
@@ -239,10 +239,11 @@ func (s *Server) sitesKeptAt(ctx context.Context, name string) ([]string, error)
 	return out, nil
 }
 
-// versionSetWarnings notes, on the apply results of version sets, the
-// pack versions they name that the library does not hold: applying such a
-// set is allowed (the packs may be pushed next), but sites kept at it fail
-// until they are.
+// versionSetWarnings notes, on the apply results of version sets, what
+// sites kept at them would fail on: pack versions the library does not
+// hold, requirements the set does not meet. Applying such a set is
+// allowed (the packs may be pushed next), and the sync status says the
+// same per site.
 func (s *Server) versionSetWarnings(ctx context.Context, objs []api.Object, results []api.ApplyResult) {
 	var lib versionset.Library
 	for i, obj := range objs {
@@ -257,6 +258,6 @@ func (s *Server) versionSetWarnings(ctx context.Context, objs []api.Object, resu
 				return
 			}
 		}
-		results[i].Warnings = versionset.Missing(vs, lib)
+		results[i].Warnings = versionset.Check(vs, lib)
 	}
 }

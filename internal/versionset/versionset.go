@@ -26,8 +26,14 @@ type Installed struct {
 // Kept is a pack version the manager holds in its library.
 type Kept struct {
 	Version, Digest string
-	// Requires are the names of the packs it requires.
-	Requires []string
+	// Requires are the packs it requires.
+	Requires []Requirement
+}
+
+// Requirement is a pack a kept pack requires, with its version
+// constraint ("" for any).
+type Requirement struct {
+	Name, Constraint string
 }
 
 // Library is the manager's pack library: pack name to the versions it
@@ -132,7 +138,7 @@ func Compare(set *api.VersionSet, lib Library, site []Installed, siteDrover stri
 	}
 	named := map[string]bool{}
 	packs := make([]Pack, 0, len(set.Packs))
-	requires := map[string][]string{}
+	requires := map[string][]Requirement{}
 	for _, want := range set.Packs {
 		named[want.Name] = true
 		p := Pack{Name: want.Name, Version: want.Version}
@@ -195,7 +201,7 @@ func sameVersion(a, b string) bool {
 // pushOrder puts each pack after the packs of the set it requires,
 // keeping the set's order otherwise (a cycle, which a pack library cannot
 // hold, keeps the set's order for the packs in it).
-func pushOrder(packs []Pack, requires map[string][]string) []Pack {
+func pushOrder(packs []Pack, requires map[string][]Requirement) []Pack {
 	index := map[string]int{}
 	for i, p := range packs {
 		index[p.Name] = i
@@ -209,7 +215,7 @@ func pushOrder(packs []Pack, requires map[string][]string) []Pack {
 		}
 		state[i] = 1
 		for _, r := range requires[packs[i].Name] {
-			if j, ok := index[r]; ok {
+			if j, ok := index[r.Name]; ok {
 				visit(j)
 			}
 		}
@@ -222,13 +228,36 @@ func pushOrder(packs []Pack, requires map[string][]string) []Pack {
 	return out
 }
 
-// Missing says, for each pack version of the set the library does not
-// hold, what to do about it.
-func Missing(set *api.VersionSet, lib Library) []string {
+// Check says what is wrong with a set against the library, each with what
+// to do: pack versions the library does not hold, and packs whose
+// requirements the set does not meet (a site without the required pack,
+// or with a version outside the constraint, refuses them).
+func Check(set *api.VersionSet, lib Library) []string {
 	var out []string
+	named := map[string]string{}
 	for _, p := range set.Packs {
-		if _, ok := lib.find(p.Name, p.Version); !ok {
+		named[p.Name] = p.Version
+	}
+	for _, p := range set.Packs {
+		kept, ok := lib.find(p.Name, p.Version)
+		if !ok {
 			out = append(out, "pack "+p.Name+": "+NotHeldError(lib, p.Name, p.Version))
+			continue
+		}
+		for _, r := range kept.Requires {
+			v, inSet := named[r.Name]
+			if !inSet {
+				out = append(out, fmt.Sprintf("pack %s %s requires pack %s, which the set does not name: a site without it refuses %s (add %s to the set)", p.Name, p.Version, r.Name, p.Name, r.Name))
+				continue
+			}
+			if r.Constraint == "" {
+				continue
+			}
+			c, err1 := semver.NewConstraint(r.Constraint)
+			sv, err2 := semver.NewVersion(v)
+			if err1 == nil && err2 == nil && !c.Check(sv) {
+				out = append(out, fmt.Sprintf("pack %s %s requires %s %s, but the set names %s %s: sites refuse %s", p.Name, p.Version, r.Name, r.Constraint, r.Name, v, p.Name))
+			}
 		}
 	}
 	return out
