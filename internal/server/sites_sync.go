@@ -178,15 +178,16 @@ func (y *siteSyncer) fingerprint() syncFingerprint {
 // run compares and pushes until ctx ends.
 func (y *siteSyncer) run(ctx context.Context) {
 	timer := time.NewTimer(time.Hour)
+	timer.Stop()
 	defer timer.Stop()
 	for {
 		// Taken before comparing: a change while it runs (the mirror
 		// showing a push just made) brings the loop straight back.
 		last := y.fingerprint()
 		next := y.evaluate(ctx)
-		timer.Reset(max(next, time.Millisecond))
-		if next <= 0 {
-			timer.Stop()
+		timer.Stop()
+		if next > 0 {
+			timer.Reset(next)
 		}
 	wait:
 		for {
