@@ -297,19 +297,9 @@ func checkHeader(h *Header, errs *errorList) {
 	}
 }
 
-var packNameRE = regexp.MustCompile(`^[a-z0-9]([-a-z0-9]*[a-z0-9])?$`)
-
 // ValidatePackName checks a pack name: a DNS label (1 to 63 lowercase
 // letters, digits and '-', starting and ending with a letter or digit).
-func ValidatePackName(name string) error {
-	if name == "" {
-		return errors.New("missing name")
-	}
-	if len(name) > 63 || !packNameRE.MatchString(name) {
-		return fmt.Errorf("invalid pack name %q: use 1 to 63 lowercase letters, digits and '-', starting and ending with a letter or digit", name)
-	}
-	return nil
-}
+func ValidatePackName(name string) error { return model.ValidatePackName(name) }
 
 // addDocument adds one object document to the pack, or records why not.
 func addDocument(p *Pack, file string, lines []string, d model.Document, errs *errorList, headerHint string) {

@@ -1,6 +1,7 @@
 package model
 
 import (
+	"errors"
 	"fmt"
 	"regexp"
 	"strings"
@@ -10,6 +11,19 @@ import (
 )
 
 var packNameRE = regexp.MustCompile(`^[a-z0-9]([-a-z0-9]*[a-z0-9])?$`)
+
+// ValidatePackName checks a content pack's name: a DNS label (1 to 63
+// lowercase letters, digits and '-', starting and ending with a letter or
+// digit).
+func ValidatePackName(name string) error {
+	if name == "" {
+		return errors.New("missing name")
+	}
+	if len(name) > 63 || !packNameRE.MatchString(name) {
+		return fmt.Errorf("invalid pack name %q: use 1 to 63 lowercase letters, digits and '-', starting and ending with a letter or digit", name)
+	}
+	return nil
+}
 
 // validateVersionSet checks a version set: each pack named once, as a pack
 // name, at an exact semantic version (a leading v is dropped, as content
@@ -22,11 +36,8 @@ func validateVersionSet(vs *api.VersionSet) error {
 	for i := range vs.Packs {
 		p := &vs.Packs[i]
 		field := fmt.Sprintf("packs[%d]", i)
-		if p.Name == "" {
-			return fieldErr(field+".name", "missing pack name")
-		}
-		if len(p.Name) > 63 || !packNameRE.MatchString(p.Name) {
-			return fieldErr(field+".name", "invalid pack name %q: use 1 to 63 lowercase letters, digits and '-', starting and ending with a letter or digit", p.Name)
+		if err := ValidatePackName(p.Name); err != nil {
+			return &FieldError{Field: field + ".name", Err: err}
 		}
 		if j, dup := seen[p.Name]; dup {
 			return fieldErr(field+".name", "pack %q is named twice (packs[%d] and packs[%d]): a version set holds one version of each pack", p.Name, j, i)
